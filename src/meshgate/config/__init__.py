@@ -1,0 +1,1 @@
+"""Pure configuration: text and objects in, validated `Config` out (no I/O)."""

@@ -1,0 +1,178 @@
+"""The declarative configuration model, validated at the edge with pydantic.
+
+Every source (rules, YAML file, later manifests and the Kubernetes watch)
+produces a `Config`; `routing.compile` turns it into the immutable table the
+data plane runs on. Models are frozen and forbid unknown keys, so a typo in a
+file is an error that names the key, never a silently ignored setting.
+
+The schema is meant to grow: listeners will gain `tls` and `routes`, backends
+health checks, and the top level `mesh` options, without changing what is here.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from typing import Annotated, Literal
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    field_validator,
+    model_validator,
+)
+
+Protocol = Literal["tcp", "udp"]
+Balance = Literal["round_robin", "random", "least_conn"]
+Builtin = Literal["hello", "echo"]
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
+
+
+def parse_duration(value: object) -> float:
+    """Accept 5, 2.5, "250ms", "5s", "2m", "1h"; return seconds."""
+    if isinstance(value, bool):
+        raise ValueError("expected a duration like 5s, 250ms or 2m")
+    if isinstance(value, int | float):
+        seconds = float(value)
+    elif isinstance(value, str) and (m := _DURATION.match(value)):
+        seconds = float(m.group(1)) * _UNIT_SECONDS[m.group(2)]
+    else:
+        raise ValueError(f"expected a duration like 5s, 250ms or 2m, got {value!r}")
+    if seconds <= 0:
+        raise ValueError("a duration must be greater than zero")
+    return seconds
+
+
+Duration = Annotated[float, BeforeValidator(parse_duration)]
+Port = Annotated[int, Field(ge=1, le=65535)]
+Name = Annotated[str, Field(pattern=r"^[A-Za-z0-9]([A-Za-z0-9._-]{0,126}[A-Za-z0-9])?$")]
+
+
+def format_hostport(host: str, port: int) -> str:
+    """host:port with IPv6 literals bracketed, the inverse of `split_hostport`."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def split_hostport(text: str) -> tuple[str, str]:
+    """Split "host:port" or "[v6]:port" into its two parts (port not yet checked)."""
+    if text.startswith("["):
+        host, sep, rest = text[1:].partition("]")
+        if not sep or not rest.startswith(":"):
+            raise ValueError(f"expected [IPv6]:port, got {text!r}")
+        return host, rest[1:]
+    host, sep, port = text.rpartition(":")
+    if not sep or not host:
+        raise ValueError(f"expected host:port, got {text!r}")
+    if ":" in host:
+        raise ValueError(f"IPv6 addresses need brackets: [{host}]:{port}")
+    return host, port
+
+
+def check_host(host: str) -> str:
+    """A host is an IP literal or a DNS name (resolved at connect time)."""
+    try:
+        return str(ipaddress.ip_address(host))
+    except ValueError:
+        pass
+    labels = host.rstrip(".").split(".")
+    ok = len(host) <= 253 and all(
+        re.fullmatch(r"[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?", label) for label in labels
+    )
+    if not ok:
+        raise ValueError(f"not an IP address or DNS name: {host!r}")
+    return host
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class Endpoint(_Frozen):
+    """One upstream address; `host` may be a DNS name such as a Service's."""
+
+    host: str
+    port: Port
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_string(cls, data: object) -> object:
+        if isinstance(data, str):
+            host, port = split_hostport(data.strip())
+            if not port.isdigit():
+                raise ValueError(f"port must be a number, got {port!r}")
+            return {"host": host, "port": int(port)}
+        return data
+
+    @field_validator("host")
+    @classmethod
+    def _host(cls, value: str) -> str:
+        return check_host(value)
+
+    def __str__(self) -> str:
+        return format_hostport(self.host, self.port)
+
+
+class Timeouts(_Frozen):
+    connect: Duration = 5.0
+    idle: Duration = 3600.0
+    half_closed: Duration = 60.0
+
+
+class Backend(_Frozen):
+    """A pool of endpoints, or a built-in responder (`hello`, `echo`)."""
+
+    name: Name
+    endpoints: tuple[Endpoint, ...] = ()
+    builtin: Builtin | None = None
+    balance: Balance = "round_robin"
+    timeouts: Timeouts = Timeouts()
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> Backend:
+        if self.builtin is None and not self.endpoints:
+            raise ValueError("a backend needs 'endpoints' or 'builtin'")
+        if self.builtin is not None and self.endpoints:
+            raise ValueError("'endpoints' and 'builtin' exclude each other")
+        return self
+
+
+class UdpOptions(_Frozen):
+    flow_idle_timeout: Duration = 60.0
+    max_flows: Annotated[int, Field(ge=1, le=1_000_000)] = 10_000
+
+
+class Listener(_Frozen):
+    """A socket meshgate listens on and the backend it forwards to."""
+
+    name: Name
+    address: str = "127.0.0.1"
+    port: Port
+    protocol: Protocol = "tcp"
+    backend: Name
+    udp: UdpOptions = UdpOptions()
+
+    @field_validator("protocol", mode="before")
+    @classmethod
+    def _lower(cls, value: object) -> object:
+        return value.lower() if isinstance(value, str) else value
+
+    @field_validator("address")
+    @classmethod
+    def _ip(cls, value: str) -> str:
+        try:
+            return str(ipaddress.ip_address(value))
+        except ValueError:
+            raise ValueError(f"listen address must be an IP address, got {value!r}") from None
+
+
+class Config(_Frozen):
+    """A whole configuration; cross-references are checked by `merge.validate`."""
+
+    listeners: tuple[Listener, ...] = ()
+    backends: tuple[Backend, ...] = ()
+    admin: str | None = None
+    drain_timeout: Duration | None = None

@@ -1,0 +1,1 @@
+"""Observability: every metric defined once, structured logs."""

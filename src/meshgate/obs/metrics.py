@@ -1,0 +1,69 @@
+"""Every Prometheus metric meshgate exports, defined once.
+
+A `Metrics` object owns its own registry (no module-level global), so tests
+and several data planes in one process do not collide. Hot-path byte counts
+are kept as plain integers on each connection and added here when the
+connection closes and when /metrics is scraped (see `Dataplane.flush`).
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+
+LB = ("listener", "backend")
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.connections_active = Gauge(
+            "meshgate_connections_active", "TCP connections open now", LB, registry=r
+        )
+        self.connections = Counter(
+            "meshgate_connections", "TCP connections accepted", LB, registry=r
+        )
+        self.bytes_in = Counter(
+            "meshgate_bytes_in", "Bytes received from clients", LB, registry=r
+        )
+        self.bytes_out = Counter("meshgate_bytes_out", "Bytes sent to clients", LB, registry=r)
+        self.connect_failures = Counter(
+            "meshgate_connect_failures",
+            "Upstream connect attempts that failed, by reason",
+            ("backend", "endpoint", "reason"),
+            registry=r,
+        )
+        self.connection_errors = Counter(
+            "meshgate_connection_errors",
+            "Connections closed because of an error, by reason",
+            ("listener", "reason"),
+            registry=r,
+        )
+        self.udp_flows_active = Gauge(
+            "meshgate_udp_flows_active", "UDP flows tracked now", LB, registry=r
+        )
+        self.udp_flows = Counter("meshgate_udp_flows", "UDP flows created", LB, registry=r)
+        self.udp_datagrams_dropped = Counter(
+            "meshgate_udp_datagrams_dropped",
+            "UDP datagrams dropped, by reason",
+            ("listener", "reason"),
+            registry=r,
+        )
+        self.endpoint_healthy = Gauge(
+            "meshgate_endpoint_healthy",
+            "1 when an endpoint takes new connections, 0 while ejected",
+            ("backend", "endpoint"),
+            registry=r,
+        )
+        self.listener_up = Gauge(
+            "meshgate_listener_up", "1 while a listener is bound", ("listener",), registry=r
+        )
+        self.table_version = Gauge(
+            "meshgate_table_version", "Version of the routing table in use", registry=r
+        )
+        self.reloads = Counter(
+            "meshgate_reloads", "Configuration reloads, by result", ("result",), registry=r
+        )
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,1 @@
+"""Pure routing: the immutable table both planes share, and how it is built."""

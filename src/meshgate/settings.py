@@ -1,0 +1,54 @@
+"""Tunables, each with the reason for its value.
+
+Per-backend and per-listener values in the config override the defaults here;
+these are what a config that says nothing gets.
+"""
+
+from __future__ import annotations
+
+# A SYN to a dead mesh peer is never answered; 5 s is long enough for a
+# WireGuard handshake (which takes up to one RTT plus rekey) and short enough
+# that failover to the next endpoint feels immediate to a person.
+CONNECT_TIMEOUT = 5.0
+
+# Idle TCP connections are closed after an hour, like HAProxy's `timeout
+# tunnel` in common setups: long enough for kubectl exec / watch streams.
+IDLE_TIMEOUT = 3600.0
+
+# After one side sent FIN, the other has this long to finish (HAProxy calls it
+# `timeout client-fin`); keeps a dead half-open peer from pinning a connection.
+HALF_CLOSED_TIMEOUT = 60.0
+
+# UDP has no close: a flow with no datagram either way for this long is
+# forgotten. nexd uses a fixed value; here it is configurable per listener.
+UDP_FLOW_IDLE_TIMEOUT = 60.0
+
+# Each UDP flow owns an upstream socket (a file descriptor); bound them so a
+# spoofed-source flood cannot exhaust descriptors.
+UDP_MAX_FLOWS = 10_000
+
+# Datagrams that arrive while a new flow's upstream socket is being set up are
+# queued; beyond this many they are dropped (UDP may lose packets anyway).
+UDP_PENDING_DATAGRAMS = 64
+
+# On SIGTERM or listener removal, established connections get this long to
+# finish before they are closed.
+DRAIN_TIMEOUT = 30.0
+
+# An endpoint that refused or timed out this many connects in a row is
+# ejected for EJECT_DURATION, then one connection probes it.
+EJECT_AFTER_FAILURES = 3
+EJECT_DURATION = 10.0
+
+# Write-buffer high-water mark per transport: above it the opposite side stops
+# reading (backpressure). 256 KiB matches uvloop's large reads so one read's
+# worth of data fits without pausing on every chunk.
+WRITE_HIGH_WATER = 256 * 1024
+WRITE_LOW_WATER = 64 * 1024
+
+# The admin endpoint: loopback only by default, so metrics and config are not
+# exposed on the mesh unless asked for.
+ADMIN_LISTEN = "127.0.0.1:9901"
+
+# Listen backlog: bursts of new connections from a mesh of many devices.
+LISTEN_BACKLOG = 1024
