@@ -14,6 +14,13 @@ $(STAMP): pyproject.toml
 
 ## make run: serve the embedded quickstart on loopback (no cluster needed)
 run: $(STAMP)
+	@echo "meshgate: serving examples/quickstart.yaml on loopback. Try, in another shell:"
+	@echo "  curl http://127.0.0.1:8080/                   # built-in hello backend"
+	@echo "  curl http://127.0.0.1:8082/                   # the same, relayed over TCP"
+	@echo "  echo hi | socat - TCP:127.0.0.1:8081          # built-in echo backend"
+	@echo "  $(BIN)/meshgate status                    # listeners, connections, health"
+	@echo "  curl -s http://127.0.0.1:9901/metrics | grep meshgate_"
+	@echo "Stop with Ctrl-C (drains connections first)."
 	$(BIN)/meshgate run -c examples/quickstart.yaml
 
 ## make test: lint, type-check, layering contracts, then the whole suite

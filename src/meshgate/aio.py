@@ -31,9 +31,7 @@ def _finished(task: asyncio.Task[Any]) -> None:
         return
     exc = task.exception()
     if exc is not None:
-        log.error(
-            "task failed", exc_info=exc, extra={"fields": {"task": task.get_name()}}
-        )
+        log.error("task failed", exc_info=exc, extra={"fields": {"task": task.get_name()}})
 
 
 async def cancel_and_wait(tasks: list[asyncio.Task[Any]]) -> None:

@@ -79,8 +79,16 @@ def check_host(host: str) -> str:
     except ValueError:
         pass
     labels = host.rstrip(".").split(".")
-    ok = len(host) <= 253 and all(
-        re.fullmatch(r"[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?", label) for label in labels
+    # An all-numeric last label is never a DNS name (RFC 3696 section 2): it is
+    # a mistyped IPv4 address such as 100.100.0.300, and saying so now beats a
+    # lookup failure on the first connection.
+    ok = (
+        len(host) <= 253
+        and not labels[-1].isdigit()
+        and all(
+            re.fullmatch(r"[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?", label)
+            for label in labels
+        )
     )
     if not ok:
         raise ValueError(f"not an IP address or DNS name: {host!r}")

@@ -23,9 +23,7 @@ class Metrics:
         self.connections = Counter(
             "meshgate_connections", "TCP connections accepted", LB, registry=r
         )
-        self.bytes_in = Counter(
-            "meshgate_bytes_in", "Bytes received from clients", LB, registry=r
-        )
+        self.bytes_in = Counter("meshgate_bytes_in", "Bytes received from clients", LB, registry=r)
         self.bytes_out = Counter("meshgate_bytes_out", "Bytes sent to clients", LB, registry=r)
         self.connect_failures = Counter(
             "meshgate_connect_failures",

@@ -1,0 +1,201 @@
+"""The command line: argv -> options -> runtime. No logic of its own.
+
+Exit codes: 0 success; 1 could not start (a bind failed) or status could not
+reach the admin server; 2 invalid configuration (every problem is printed to
+stderr with its source, object and field).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Annotated
+
+import typer
+import uvloop
+from rich.console import Console
+
+from meshgate import __version__
+from meshgate.admin import parse_listen
+from meshgate.config.model import Config
+from meshgate.errors import ConfigError
+from meshgate.obs import logging as mlog
+from meshgate.routing.compile import compile_table
+from meshgate.runtime import Runtime, RuntimeOptions, StartupError, resolve_options
+from meshgate.sources import ConfigSource, load_all
+from meshgate.sources.file import FileSource
+from meshgate.sources.static import RulesSource
+
+app = typer.Typer(
+    name="meshgate",
+    help="Join a WireGuard mesh and Kubernetes: L4 proxy rules, listeners and backends.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+Ingress = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--ingress",
+        metavar="PROTO:PORT:HOST:PORT",
+        help="Mesh-side rule (nexd syntax), e.g. tcp:80:web.default.svc.cluster.local:80; "
+        "listens on --bind. Repeat it; rules on one port share a round-robin backend.",
+    ),
+]
+Egress = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--egress",
+        metavar="PROTO:PORT:HOST:PORT",
+        help="Cluster-side rule (nexd syntax), e.g. tcp:80:100.100.0.1:80; "
+        "listens on --cluster-bind.",
+    ),
+]
+Files = Annotated[
+    list[str] | None,
+    typer.Option("--config", "-c", metavar="FILE", help="YAML config file (repeatable)."),
+]
+Bind = Annotated[str, typer.Option("--bind", metavar="IP", help="Address ingress rules listen on.")]
+ClusterBind = Annotated[
+    str, typer.Option("--cluster-bind", metavar="IP", help="Address egress rules listen on.")
+]
+
+
+def _sources(
+    ingress: list[str] | None,
+    egress: list[str] | None,
+    files: list[str] | None,
+    bind: str,
+    cluster_bind: str,
+) -> list[ConfigSource]:
+    sources: list[ConfigSource] = []
+    if ingress or egress:
+        sources.append(
+            RulesSource(ingress or [], egress or [], bind=bind, cluster_bind=cluster_bind)
+        )
+    sources.extend(FileSource(path) for path in files or [])
+    return sources
+
+
+def _load_or_exit(sources: list[ConfigSource]) -> Config:
+    err = Console(stderr=True, highlight=False, soft_wrap=True)
+    if not sources:
+        err.print(
+            "meshgate: no configuration: give --ingress/--egress rules or -c FILE "
+            "(see meshgate run --help)"
+        )
+        raise typer.Exit(2)
+    try:
+        return load_all(sources)
+    except ConfigError as exc:
+        err.print(f"meshgate: invalid configuration ({len(exc.problems)} problem(s)):")
+        for problem in exc.problems:
+            err.print(f"  {problem}", markup=False)
+        raise typer.Exit(2) from None
+
+
+@app.command()
+def run(
+    ingress: Ingress = None,
+    egress: Egress = None,
+    config: Files = None,
+    bind: Bind = "127.0.0.1",
+    cluster_bind: ClusterBind = "0.0.0.0",
+    admin: Annotated[
+        str | None,
+        typer.Option(
+            "--admin",
+            metavar="ADDR:PORT|off",
+            help="Admin server (/healthz /readyz /metrics /config /status); "
+            "port 0 picks a free port; 'off' disables it. Default 127.0.0.1:9901.",
+        ),
+    ] = None,
+    drain_timeout: Annotated[
+        float | None,
+        typer.Option(
+            "--drain-timeout",
+            metavar="SECONDS",
+            help="How long established connections may finish on SIGTERM "
+            "or when a reload removes their listener. Default 30.",
+        ),
+    ] = None,
+    log_format: Annotated[
+        mlog.LogFormat, typer.Option("--log-format", help="Log lines as json or text.")
+    ] = "text",
+    log_level: Annotated[
+        str, typer.Option("--log-level", help="debug, info, warning, error.")
+    ] = "info",
+) -> None:
+    """Run the data plane: listen, route and forward until SIGTERM (SIGHUP reloads)."""
+    mlog.setup(log_format, log_level)
+    sources = _sources(ingress, egress, config, bind, cluster_bind)
+    cfg = _load_or_exit(sources)
+    admin_text, drain = resolve_options(cfg, admin, drain_timeout)
+    try:
+        admin_addr = parse_listen(admin_text)
+    except ValueError as exc:
+        Console(stderr=True).print(f"meshgate: --admin: {exc}", markup=False)
+        raise typer.Exit(2) from None
+    options = RuntimeOptions(admin=admin_addr, drain_timeout=drain)
+
+    async def main() -> None:
+        await Runtime(sources, cfg, options).serve()
+
+    try:
+        uvloop.run(main())
+    except StartupError as exc:
+        Console(stderr=True).print(f"meshgate: cannot start: {exc}", markup=False)
+        raise typer.Exit(1) from None
+
+
+@app.command()
+def check(
+    ingress: Ingress = None,
+    egress: Egress = None,
+    config: Files = None,
+    bind: Bind = "127.0.0.1",
+    cluster_bind: ClusterBind = "0.0.0.0",
+    as_json: Annotated[bool, typer.Option("--json", help="Print the table as JSON.")] = False,
+) -> None:
+    """Validate the configuration and print the routing table it compiles to."""
+    from meshgate.statusview import render_config
+
+    sources = _sources(ingress, egress, config, bind, cluster_bind)
+    cfg = _load_or_exit(sources)
+    table = compile_table(cfg, version=1, sources=tuple(s.name for s in sources))
+    if as_json:
+        sys.stdout.write(json.dumps(table.to_json(), indent=2) + "\n")
+    else:
+        render_config(table.to_json(), Console(highlight=False))
+
+
+@app.command()
+def status(
+    admin: Annotated[
+        str, typer.Option("--admin", metavar="ADDR:PORT", help="Admin server to ask.")
+    ] = "127.0.0.1:9901",
+    as_json: Annotated[bool, typer.Option("--json", help="Print the raw JSON.")] = False,
+) -> None:
+    """Show listeners, connections and backend health of a running meshgate."""
+    from meshgate.statusview import StatusError, fetch_json, render_status
+
+    try:
+        data = fetch_json(admin, "/status")
+    except StatusError as exc:
+        Console(stderr=True).print(f"meshgate: {exc}", markup=False)
+        raise typer.Exit(1) from None
+    if as_json:
+        sys.stdout.write(json.dumps(data, indent=2) + "\n")
+    else:
+        render_status(data, Console(highlight=False))
+
+
+@app.command()
+def version() -> None:
+    """Print the version."""
+    sys.stdout.write(f"meshgate {__version__}\n")
+
+
+def main() -> None:
+    app()

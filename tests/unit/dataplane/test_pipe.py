@@ -1,0 +1,210 @@
+"""The TCP relay in-process: backpressure, half-close, lifecycle of a listener.
+
+Real sockets on loopback; the test looks inside the live Relay objects only to
+check the bounds a user would feel as memory (buffered bytes per connection).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+from collections.abc import AsyncIterator
+
+import pytest
+
+from meshgate import settings
+from meshgate.dataplane.listener import BadTransition, Context, State
+from meshgate.dataplane.pipe import Relay
+from meshgate.dataplane.tcp import TcpListener
+from meshgate.obs.metrics import Metrics
+from meshgate.routing.table import (
+    EndpointAddr,
+    ListenerKey,
+    ListenerSpec,
+    PoolSpec,
+    Timeouts,
+    UdpSpec,
+)
+from meshgate.upstream.pool import PoolRegistry
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def make_spec(
+    upstream_port: int, port: int | None = None, builtin: str | None = None
+) -> ListenerSpec:
+    pool = PoolSpec(
+        "up",
+        () if builtin else (EndpointAddr("127.0.0.1", upstream_port),),
+        "round_robin",
+        Timeouts(connect=2.0, idle=30.0, half_closed=10.0),
+        builtin,
+    )
+    key = ListenerKey("127.0.0.1", port or free_port(), "tcp")
+    return ListenerSpec(key, "t", pool, UdpSpec(60.0, 100))
+
+
+def state_of(listener: TcpListener) -> State:
+    return listener.state  # a call, so the type checker does not keep an earlier narrowing
+
+
+@contextlib.asynccontextmanager
+async def listener_for(spec: ListenerSpec) -> AsyncIterator[TcpListener]:
+    ctx = Context(metrics=Metrics(), pools=PoolRegistry())
+    ctx.pools.reconcile([spec.pool])
+    listener = TcpListener(spec, ctx)
+    await listener.start()
+    assert listener.state is State.SERVING
+    try:
+        yield listener
+    finally:
+        await listener.drain(asyncio.get_running_loop().time() + 1)
+
+
+async def test_slow_client_pauses_upstream_reading() -> None:
+    # The upstream sends 64 MiB as fast as it can; the client reads nothing.
+    # meshgate must stop reading the upstream instead of buffering it all.
+    sent = 0
+    stop = asyncio.Event()
+
+    async def flood(_: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal sent
+        chunk = b"x" * 65536
+        while sent < 64 * 1024 * 1024 and not stop.is_set():
+            writer.write(chunk)
+            sent += len(chunk)
+            await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(flood, "127.0.0.1", 0)
+    spec = make_spec(server.sockets[0].getsockname()[1])
+    async with listener_for(spec) as listener:
+        reader, writer = await asyncio.open_connection("127.0.0.1", spec.key.port)
+        # Wait until the flood stalls: `sent` stops growing.
+        last = -1
+        for _ in range(200):
+            await asyncio.sleep(0.02)
+            if sent == last and sent > 0:
+                break
+            last = sent
+        assert sent < 64 * 1024 * 1024, "upstream was never paused"
+        (relay,) = listener.live
+        assert isinstance(relay, Relay)
+        assert relay.client is not None
+        # What meshgate holds is bounded by the high-water mark plus one read.
+        assert relay.client.get_write_buffer_size() <= settings.WRITE_HIGH_WATER + 512 * 1024
+        # Reading resumes the flow: everything sent arrives.
+        stop.set()
+        got = 0
+        while data := await reader.read(1 << 20):
+            got += len(data)
+        assert got == sent
+        writer.close()
+        await writer.wait_closed()
+    server.close()
+    await server.wait_closed()
+
+
+async def test_slow_upstream_pauses_client_reading() -> None:
+    # The upstream reads nothing for a while; the client's writes must block
+    # (its socket buffer fills) rather than pile up inside meshgate.
+    release = asyncio.Event()
+    received = 0
+
+    async def sink(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal received
+        await release.wait()
+        while data := await reader.read(1 << 20):
+            received += len(data)
+        writer.close()
+
+    server = await asyncio.start_server(sink, "127.0.0.1", 0)
+    spec = make_spec(server.sockets[0].getsockname()[1])
+    async with listener_for(spec) as listener:
+        _, writer = await asyncio.open_connection("127.0.0.1", spec.key.port)
+        total = 0
+        chunk = b"y" * 65536
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(1.0):
+                while total < 256 * 1024 * 1024:
+                    writer.write(chunk)
+                    total += len(chunk)
+                    await writer.drain()
+        assert total < 256 * 1024 * 1024, "client writes never blocked"
+        (relay,) = listener.live
+        assert isinstance(relay, Relay)
+        assert relay.upstream is not None
+        assert relay.upstream.get_write_buffer_size() <= settings.WRITE_HIGH_WATER + 512 * 1024
+        release.set()
+        writer.write_eof()
+        await writer.drain()
+        for _ in range(500):
+            if received == total:
+                break
+            await asyncio.sleep(0.01)
+        assert received == total
+        writer.close()
+        await writer.wait_closed()
+    server.close()
+    await server.wait_closed()
+
+
+async def test_listener_lifecycle_and_bad_transition() -> None:
+    spec = make_spec(1, builtin="echo")
+    async with listener_for(spec) as listener:
+        with pytest.raises(BadTransition):
+            listener._move(State.BINDING)
+        reader, writer = await asyncio.open_connection("127.0.0.1", spec.key.port)
+        writer.write(b"abc")
+        assert await reader.readexactly(3) == b"abc"
+        writer.close()
+        await writer.wait_closed()
+    assert listener.state is State.CLOSED
+    # The port is free again.
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", spec.key.port))
+
+
+async def test_bind_failure_is_reported_not_raised() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        spec = make_spec(1, port=taken.getsockname()[1], builtin="echo")
+        ctx = Context(metrics=Metrics(), pools=PoolRegistry())
+        listener = TcpListener(spec, ctx)
+        await listener.start()
+        assert listener.state is State.FAILED
+        assert listener.error is not None
+        assert "in use" in listener.error
+        await listener.drain(0)
+        assert state_of(listener) is State.CLOSED
+
+
+async def test_hello_backend_keep_alive_and_bad_request() -> None:
+    spec = make_spec(1, builtin="hello")
+    async with listener_for(spec) as listener:
+        reader, writer = await asyncio.open_connection("127.0.0.1", spec.key.port)
+        writer.write(b"GET / HTTP/1.1\r\nHost: x\r\n\r\nGET /2 HTTP/1.1\r\nHost: x\r\n\r\n")
+        for _ in range(2):
+            head = await reader.readuntil(b"\r\n\r\n")
+            assert head.startswith(b"HTTP/1.1 200 OK")
+            assert b"Connection: keep-alive" in head
+            assert await reader.readexactly(len(b"hello from meshgate (t)\n")) == (
+                b"hello from meshgate (t)\n"
+            )
+        writer.write(b"NOT HTTP AT ALL\r\n\r\n")
+        rest = await reader.read()
+        assert rest.startswith(b"HTTP/1.1 400")
+        writer.close()
+        await writer.wait_closed()
+        for _ in range(100):
+            if not listener.live:
+                break
+            await asyncio.sleep(0.01)
+        assert listener.ctx.metrics.connection_errors.labels("t", "bad_request")._value.get() == 1

@@ -1,0 +1,270 @@
+"""Rendering status and config documents, and fetching them from a real admin server."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import socket
+from typing import Any
+
+import pytest
+from rich.console import Console
+
+from meshgate.admin import AdminServer
+from meshgate.routing.table import (
+    EndpointAddr,
+    ListenerKey,
+    ListenerSpec,
+    PoolSpec,
+    RouteTable,
+    Timeouts,
+    UdpSpec,
+)
+from meshgate.statusview import (
+    StatusError,
+    fetch_json,
+    human_bytes,
+    render_config,
+    render_status,
+)
+
+RELOAD_ERROR = "meshgate.yaml:12: listeners[1] (dns): field 'port': must be 1-65535"
+
+STATUS: dict[str, Any] = {
+    "version": 3,
+    "started": 1700000000.0,
+    "sources": ["examples/quickstart.yaml"],
+    "last_reload": {"time": 1700000100.0, "result": "rejected", "error": RELOAD_ERROR},
+    "admin": "127.0.0.1:9901",
+    "listeners": [
+        {
+            "name": "web",
+            "key": "tcp://127.0.0.1:8080",
+            "address": "127.0.0.1",
+            "port": 8080,
+            "protocol": "tcp",
+            "state": "serving",
+            "error": None,
+            "backend": "hello",
+            "active": 2,
+            "total": 10,
+            "bytes_in": 1234,
+            "bytes_out": 5 * 1024 * 1024,
+            "udp_flows": 0,
+        },
+        {
+            "name": "dns",
+            "key": "udp://[::1]:5353",
+            "address": "::1",
+            "port": 5353,
+            "protocol": "udp",
+            "state": "failed",
+            "error": "[errno 98] address already in use",
+            "backend": "resolvers",
+            "active": 0,
+            "total": 0,
+            "bytes_in": 0,
+            "bytes_out": 0,
+            "udp_flows": 7,
+        },
+    ],
+    "backends": [
+        {"name": "hello", "balance": "round_robin", "builtin": "hello", "endpoints": []},
+        {
+            "name": "resolvers",
+            "balance": "least_conn",
+            "builtin": None,
+            "endpoints": [
+                {"address": "100.100.0.1:53", "state": "healthy", "in_flight": 4, "failures": 0},
+                {"address": "100.100.0.2:53", "state": "ejected", "in_flight": 0, "failures": 3},
+                {"address": "100.100.0.3:53", "state": "probing", "in_flight": 1, "failures": 3},
+                {"address": "100.100.0.4:53", "state": "suspect", "in_flight": 0, "failures": 1},
+            ],
+        },
+    ],
+}
+
+TIMEOUTS = Timeouts(connect=5.0, idle=3600.0, half_closed=60.0)
+HELLO = PoolSpec("hello", (), "round_robin", TIMEOUTS, builtin="hello")
+RESOLVERS = PoolSpec(
+    "resolvers",
+    (EndpointAddr("100.100.0.1", 53), EndpointAddr("fd00::53", 53)),
+    "least_conn",
+    TIMEOUTS,
+)
+TABLE = RouteTable(
+    version=7,
+    sources=("examples/quickstart.yaml", "--ingress"),
+    listeners=(
+        ListenerSpec(ListenerKey("127.0.0.1", 8080, "tcp"), "web", HELLO, UdpSpec(60.0, 10_000)),
+        ListenerSpec(ListenerKey("::1", 5353, "udp"), "dns", RESOLVERS, UdpSpec(30.0, 500)),
+    ),
+)
+
+
+def _render(draw: Any, document: dict[str, Any]) -> str:
+    out = io.StringIO()
+    draw(document, Console(file=out, width=120))
+    return out.getvalue()
+
+
+def test_render_status_shows_listeners_backends_and_the_rejected_reload() -> None:
+    text = _render(render_status, STATUS)
+    assert "table version 3" in text
+    assert "examples/quickstart.yaml" in text
+    assert "last reload: rejected at " in text
+    assert "still serving version 3" in text
+    assert RELOAD_ERROR in text
+    for expected in ("web", "dns", "127.0.0.1:8080/tcp", "[::1]:5353/udp", "serving", "failed"):
+        assert expected in text
+    # An error starting with "[errno" must not be eaten as rich markup.
+    assert "[errno 98] address already in use" in text
+    assert "1.2 KiB" in text
+    assert "5.0 MiB" in text
+    for expected in ("builtin:hello", "100.100.0.1:53", "healthy", "ejected", "probing", "suspect"):
+        assert expected in text
+
+
+def test_render_status_udp_flows_only_for_udp() -> None:
+    text = _render(render_status, STATUS)
+    [web] = [line for line in text.splitlines() if "127.0.0.1:8080/tcp" in line]
+    [dns] = [line for line in text.splitlines() if "[::1]:5353/udp" in line]
+    assert web.rstrip().endswith("-")
+    assert dns.rstrip().endswith("7")
+
+
+def test_render_status_plain_when_not_a_terminal() -> None:
+    text = _render(render_status, STATUS)
+    assert "\x1b[" not in text
+
+
+def test_render_status_off_a_terminal_is_never_folded() -> None:
+    # Off a terminal rich guesses 80 columns; rows must still be whole lines.
+    out = io.StringIO()
+    render_status(STATUS, Console(file=out))
+    [row] = [line for line in out.getvalue().splitlines() if line.startswith(" web ")]
+    assert " ".join(row.split()) == "web 127.0.0.1:8080/tcp serving hello 2 10 1.2 KiB 5.0 MiB -"
+
+
+def test_render_status_on_a_terminal_fits_its_width() -> None:
+    out = io.StringIO()
+    render_status(STATUS, Console(file=out, width=60, force_terminal=True, color_system=None))
+    assert max(len(line) for line in out.getvalue().splitlines()) <= 60
+
+
+def test_render_status_with_record_console() -> None:
+    console = Console(record=True, width=120, file=io.StringIO())
+    render_status(STATUS, console)
+    text = console.export_text()
+    assert "Listeners" in text
+    assert "Backends" in text
+    assert "ejected" in text
+
+
+def test_render_status_ok_reload_and_empty_tables() -> None:
+    status = {
+        **STATUS,
+        "last_reload": {"time": 1700000100.0, "result": "ok", "error": None},
+        "listeners": [],
+        "backends": [],
+    }
+    text = _render(render_status, status)
+    assert "last reload: ok" in text
+    assert "still serving" not in text
+    assert "no listeners" in text
+    assert "no backends" in text
+
+
+def test_render_config() -> None:
+    text = _render(render_config, TABLE.to_json())
+    assert "table version 7 from examples/quickstart.yaml, --ingress" in text
+    for expected in ("web", "dns", "127.0.0.1:8080", "[::1]:5353", "tcp", "udp", "resolvers"):
+        assert expected in text
+    assert "flow idle 30s, max 500 flows" in text
+    assert "builtin:hello" in text
+    assert "100.100.0.1:53" in text
+    assert "[fd00::53]:53" in text
+    assert "least_conn" in text
+    assert "connect 5s, idle 1h, half-closed 60s" in text
+    assert "\x1b[" not in text
+
+
+@pytest.mark.parametrize(
+    ("count", "expected"),
+    [(0, "0 B"), (1023, "1023 B"), (1024, "1.0 KiB"), (1234, "1.2 KiB"), (3 << 30, "3.0 GiB")],
+)
+def test_human_bytes(count: int, expected: str) -> None:
+    assert human_bytes(count) == expected
+
+
+def _closed_port() -> int:
+    # Bound but not listening: connecting to it is refused.
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def test_fetch_json_unreachable_names_the_address() -> None:
+    port = _closed_port()
+    with pytest.raises(StatusError) as caught:
+        fetch_json(f"127.0.0.1:{port}", "/status", timeout=2.0)
+    message = str(caught.value)
+    assert f"cannot reach meshgate admin at 127.0.0.1:{port}" in message
+    assert "connection refused" in message
+    assert "--admin" in message
+    assert caught.value.status is None
+
+
+def test_fetch_json_brackets_ipv6() -> None:
+    with pytest.raises(StatusError, match=r"at \[::1\]:1\b"):
+        fetch_json("::1:1", "/status", timeout=2.0)
+
+
+@pytest.mark.parametrize("admin", ["localhost", "127.0.0.1:http", "[::1]", "[::1]:", ""])
+def test_fetch_json_rejects_a_bad_address(admin: str) -> None:
+    with pytest.raises(StatusError, match="expected HOST:PORT"):
+        fetch_json(admin, "/status")
+
+
+class State:
+    def __init__(self, ready: bool) -> None:
+        self._ready = ready
+
+    def ready(self) -> tuple[bool, dict[str, Any]]:
+        return self._ready, {} if self._ready else {"reason": "no routing table yet"}
+
+    def status(self) -> dict[str, Any]:
+        return STATUS
+
+    def config(self) -> dict[str, Any]:
+        return TABLE.to_json()
+
+    def metrics(self) -> bytes:
+        return b""
+
+
+async def test_fetch_json_from_a_real_admin_server() -> None:
+    server = AdminServer("127.0.0.1", 0, State(ready=False))
+    host, port = await server.start()
+    admin = f"{host}:{port}"
+    try:
+        # urllib blocks, so it runs in a thread while this loop serves it.
+        assert await asyncio.to_thread(fetch_json, admin, "/status") == STATUS
+        assert await asyncio.to_thread(fetch_json, f"http://{admin}/", "config") == (
+            TABLE.to_json()
+        )
+
+        with pytest.raises(StatusError, match="not JSON") as caught:
+            await asyncio.to_thread(fetch_json, admin, "/healthz")
+        assert "'ok'" in str(caught.value)
+
+        with pytest.raises(StatusError, match="HTTP 503") as caught:
+            await asyncio.to_thread(fetch_json, admin, "/readyz")
+        assert caught.value.status == 503
+        assert "no routing table yet" in str(caught.value)
+
+        with pytest.raises(StatusError, match="HTTP 404"):
+            await asyncio.to_thread(fetch_json, admin, "/nope")
+    finally:
+        await server.stop()
