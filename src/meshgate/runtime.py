@@ -88,6 +88,7 @@ class Runtime:
                 raise StartupError(str(exc)) from exc
             self.admin_address = hostport(host, port)
         loop = asyncio.get_running_loop()
+        loop.set_exception_handler(self._loop_error)
         loop.add_signal_handler(signal.SIGHUP, self._reload.set)
         loop.add_signal_handler(signal.SIGTERM, self._stop.set)
         loop.add_signal_handler(signal.SIGINT, self._stop.set)
@@ -109,6 +110,17 @@ class Runtime:
             if admin is not None:
                 await admin.stop()
             log.info("stopped")
+
+    def _loop_error(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        # A bug in a protocol callback: the loop has already closed that one
+        # transport; make it visible instead of letting it pass as a stderr dump.
+        self.prom.internal_errors.inc()
+        exc = context.get("exception")
+        log.error(
+            "internal error",
+            exc_info=exc if isinstance(exc, BaseException) else None,
+            extra={"fields": {"context": context.get("message", "")}},
+        )
 
     def stop(self) -> None:
         self._stop.set()

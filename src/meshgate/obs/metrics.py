@@ -59,6 +59,11 @@ class Metrics:
         self.table_version = Gauge(
             "meshgate_table_version", "Version of the routing table in use", registry=r
         )
+        self.internal_errors = Counter(
+            "meshgate_internal_errors",
+            "Unexpected exceptions caught by the event loop (each closed one connection)",
+            registry=r,
+        )
         self.reloads = Counter(
             "meshgate_reloads", "Configuration reloads, by result", ("result",), registry=r
         )
