@@ -1,0 +1,640 @@
+"""L4 benchmark: meshgate against no proxy, socat and HAProxy, on loopback.
+
+One run measures every contender on every workload, interleaved: repeat r
+starts with contender r mod n, so slow drift of the machine (other load,
+thermal state, page cache) spreads over all contenders instead of landing on
+whichever ran last. Only ratios measured within one run mean anything; the
+absolute numbers move by several times between runs on a shared 2-core box.
+
+Workloads, each a few seconds long:
+  bulk       one iperf3 stream through the contender to `iperf3 -s` (bit/s)
+  keepalive  wrk, 1 thread, 50 keep-alive connections, 100-byte body (req/s)
+  newconn    the same with `Connection: close`: one connection per request
+
+Boundaries: loopback only; every process started here runs in its own
+process group and is stopped (SIGTERM, then SIGKILL) in a `finally`; the
+temporary configs and logs live in a temporary directory removed at the end.
+Results are printed as a table and written to bench/results/l4-<time>.json.
+Standard library only, so it runs before anything else is installed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import os
+import platform
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+RESULTS_DIR = REPO / "bench" / "results"
+LOOPBACK = "127.0.0.1"
+
+# Tools are looked up on PATH plus the sbin directories, where Debian puts
+# nginx and haproxy but which a non-root PATH often lacks.
+TOOL_PATH = os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/sbin"])
+TOOLS = ("iperf3", "wrk", "nginx", "haproxy", "socat")
+CONTENDERS = ("direct", "socat", "haproxy", "meshgate")
+
+# A server that does not listen this long after start is broken, not slow.
+READY_TIMEOUT = 10.0
+# SIGTERM grace before SIGKILL; meshgate drains (see below), others exit at once.
+STOP_GRACE = 3.0
+# meshgate's drain deadline on SIGTERM: the benchmark's clients are gone by
+# then, so a long drain would only slow the cleanup down.
+MESHGATE_DRAIN = "1"
+# A client that outlives its duration by this much is counted as a hang.
+RUN_SLACK = 15.0
+# Pause between runs: lets the previous contender's closing connections and
+# the backend settle so they do not bill the next contender.
+SETTLE = 0.5
+# wrk's load: one thread and 50 connections leave the second core to the
+# proxy and the backend.
+WRK_THREADS = 1
+WRK_CONNECTIONS = 50
+# The response body nginx serves: small, so the request rate is what counts.
+BODY = "0123456789" * 10
+# Log lines that are startup chatter, not a sign of trouble.
+NOISE = re.compile(r"\[NOTICE\]|Server listening|^-+$|^\s*$")
+
+
+@dataclass(frozen=True, slots=True)
+class Workload:
+    name: str
+    backend: str  # "iperf3" or "nginx": what the contenders forward to
+    unit: str  # how the table prints the value
+    scale: float  # raw value / scale = printed value
+    about: str
+
+
+WORKLOADS = (
+    Workload("bulk", "iperf3", "Gbit/s", 1e9, "iperf3 -t S -J, one stream, sum_received"),
+    Workload("keepalive", "nginx", "req/s", 1.0, "wrk -t1 -c50, keep-alive, 100-byte body"),
+    Workload("newconn", "nginx", "conn/s", 1.0, "wrk -t1 -c50 -H 'Connection: close'"),
+)
+
+
+@dataclass(slots=True)
+class Sample:
+    """One measurement of one contender on one workload."""
+
+    workload: str
+    contender: str
+    repeat: int
+    value: float | None  # None: the run failed (see problems)
+    problems: list[str] = field(default_factory=list)
+    detail: dict[str, Any] = field(default_factory=dict)
+
+
+class MissingTool(Exception):
+    pass
+
+
+class NotReady(Exception):
+    pass
+
+
+# -- processes ---------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class Server:
+    name: str
+    proc: subprocess.Popen[bytes]
+    log: Path
+    port: int
+
+
+class Processes:
+    """Every long-running process the benchmark starts, so all get stopped.
+
+    Each runs in a new session (its own process group), so that stopping it
+    also stops its children: socat's forks, nginx's worker.
+    """
+
+    def __init__(self, logdir: Path) -> None:
+        self._logdir = logdir
+        self._servers: list[Server] = []
+
+    def start(self, name: str, argv: Sequence[str], port: int) -> Server:
+        log = self._logdir / f"{name}.log"
+        with log.open("ab") as out:
+            proc = subprocess.Popen(
+                list(argv),
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        server = Server(name, proc, log, port)
+        self._servers.append(server)
+        _wait_listening(server)
+        return server
+
+    def stop(self, server: Server) -> None:
+        _stop_group(server.proc)
+        self._servers.remove(server)
+
+    def stop_all(self) -> None:
+        # Newest first: the proxies before the backends they forward to.
+        for server in reversed(self._servers):
+            _stop_group(server.proc)
+        self._servers.clear()
+
+
+def _stop_group(proc: subprocess.Popen[bytes]) -> None:
+    _signal_group(proc, signal.SIGTERM)
+    try:
+        proc.wait(timeout=STOP_GRACE)
+    except subprocess.TimeoutExpired:
+        pass
+    # Then SIGKILL whatever is left: a leader that ignored SIGTERM, or
+    # children that outlive it (socat's forks serving open connections).
+    _signal_group(proc, signal.SIGKILL)
+    try:
+        proc.wait(timeout=STOP_GRACE)
+    except subprocess.TimeoutExpired:
+        print(f"l4.py: process {proc.pid} survived SIGKILL", file=sys.stderr)
+
+
+def _signal_group(proc: subprocess.Popen[bytes], sig: signal.Signals) -> None:
+    try:
+        os.killpg(proc.pid, sig)
+    except ProcessLookupError:
+        pass  # the whole group is gone already
+
+
+def _listening_ports() -> set[int]:
+    """IPv4 ports in LISTEN state on 127.0.0.1 or any address (Linux /proc).
+
+    Read instead of connecting, because a probe connection through a proxy
+    would reach the backend and iperf3 counts every connection as a test.
+    """
+    ports: set[int] = set()
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        local, state = line.split()[1], line.split()[3]
+        addr, port = local.split(":")
+        if state == "0A" and addr in ("0100007F", "00000000"):
+            ports.add(int(port, 16))
+    return ports
+
+
+def _wait_listening(server: Server) -> None:
+    deadline = time.monotonic() + READY_TIMEOUT
+    while time.monotonic() < deadline:
+        if server.proc.poll() is not None:
+            raise NotReady(
+                f"{server.name} exited with code {server.proc.returncode}:\n{_tail(server.log)}"
+            )
+        if server.port in _listening_ports():
+            return
+        time.sleep(0.05)
+    raise NotReady(f"{server.name} not listening on port {server.port} after {READY_TIMEOUT}s")
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind((LOOPBACK, 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def _tail(log: Path, lines: int = 5) -> str:
+    text = log.read_text(errors="replace").splitlines() if log.exists() else []
+    return "\n".join(f"    {line}" for line in text[-lines:])
+
+
+def _log_problems(server: Server) -> list[str]:
+    """What a server printed that is not startup chatter: errors, warnings."""
+    lines = server.log.read_text(errors="replace").splitlines() if server.log.exists() else []
+    if server.name.startswith("iperf3"):
+        # iperf3 -s prints a report per test; only its errors matter.
+        lines = [line for line in lines if "error" in line.lower()]
+    return [line for line in lines if not NOISE.search(line)]
+
+
+# -- tools and configs -------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class Tools:
+    iperf3: str
+    wrk: str
+    nginx: str
+    haproxy: str
+    socat: str
+    meshgate: str
+
+
+def find_tools() -> Tools:
+    found = {name: shutil.which(name, path=TOOL_PATH) for name in TOOLS}
+    venv = REPO / ".venv" / "bin" / "meshgate"
+    found["meshgate"] = str(venv) if venv.exists() else shutil.which("meshgate")
+    missing = sorted(name for name, path in found.items() if path is None)
+    if missing:
+        hint = " (meshgate: run `make bench`, which creates .venv)" if "meshgate" in missing else ""
+        raise MissingTool(f"missing: {', '.join(missing)}{hint}")
+    return Tools(**{name: str(path) for name, path in found.items()})
+
+
+def nginx_conf(tmp: Path, port: int) -> Path:
+    conf = tmp / "nginx.conf"
+    conf.write_text(
+        f"""daemon off;
+worker_processes 1;
+pid {tmp}/nginx.pid;
+error_log stderr;
+events {{ worker_connections 4096; }}
+http {{
+    access_log off;
+    client_body_temp_path {tmp}/nginx-body;
+    proxy_temp_path {tmp}/nginx-proxy;
+    fastcgi_temp_path {tmp}/nginx-fastcgi;
+    uwsgi_temp_path {tmp}/nginx-uwsgi;
+    scgi_temp_path {tmp}/nginx-scgi;
+    # Keep-alive connections are never recycled during a run (default: 1000
+    # requests), so the keepalive workload measures requests, not reconnects.
+    keepalive_requests 1000000;
+    server {{
+        listen {LOOPBACK}:{port};
+        location / {{ return 200 "{BODY}"; }}
+    }}
+}}
+"""
+    )
+    return conf
+
+
+def haproxy_conf(tmp: Path, port: int, backend: int) -> Path:
+    conf = tmp / f"haproxy-{port}.cfg"
+    conf.write_text(
+        f"""global
+    nbthread 1
+    maxconn 20000
+defaults
+    mode tcp
+    timeout connect 5s
+    timeout client 60s
+    timeout server 60s
+frontend fe
+    bind {LOOPBACK}:{port}
+    default_backend be
+backend be
+    server s1 {LOOPBACK}:{backend}
+"""
+    )
+    return conf
+
+
+def contender_argv(tools: Tools, name: str, tmp: Path, port: int, backend: int) -> list[str]:
+    if name == "socat":
+        return [
+            tools.socat,
+            f"TCP-LISTEN:{port},fork,reuseaddr,bind={LOOPBACK}",
+            f"TCP:{LOOPBACK}:{backend}",
+        ]
+    if name == "haproxy":
+        return [tools.haproxy, "-db", "-f", str(haproxy_conf(tmp, port, backend))]
+    if name == "meshgate":
+        # Log level warning: meshgate logs every closed connection at info,
+        # and none of the peers logs per connection here.
+        return [
+            tools.meshgate,
+            "run",
+            "--ingress",
+            f"tcp:{port}:{LOOPBACK}:{backend}",
+            "--bind",
+            LOOPBACK,
+            "--admin",
+            "off",
+            "--log-level",
+            "warning",
+            "--drain-timeout",
+            MESHGATE_DRAIN,
+        ]
+    raise ValueError(f"unknown contender {name!r}")
+
+
+# -- measurements ------------------------------------------------------------
+def measure_bulk(
+    tools: Tools, port: int, duration: int
+) -> tuple[float | None, list[str], dict[str, Any]]:
+    argv = [tools.iperf3, "-c", LOOPBACK, "-p", str(port), "-t", str(duration), "-J"]
+    try:
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=duration + RUN_SLACK)
+    except subprocess.TimeoutExpired:
+        return None, [f"iperf3 hung: no result {duration + RUN_SLACK:.0f}s after start"], {}
+    try:
+        report = json.loads(done.stdout)
+    except json.JSONDecodeError:
+        return None, [f"iperf3 exit {done.returncode}, no JSON: {done.stderr.strip()[:200]}"], {}
+    if "error" in report:
+        return None, [f"iperf3: {report['error']}"], {}
+    received = report["end"]["sum_received"]
+    sent = report["end"]["sum_sent"]
+    detail = {
+        "bytes_received": int(received["bytes"]),
+        "bytes_sent": int(sent["bytes"]),
+        "retransmits": int(sent.get("retransmits", 0)),
+    }
+    return float(received["bits_per_second"]), [], detail
+
+
+_WRK_RATE = re.compile(r"^Requests/sec:\s+([\d.]+)", re.M)
+_WRK_TOTAL = re.compile(r"^\s*(\d+) requests in ([\d.]+\w+), ([\d.]+\w+) read", re.M)
+_WRK_SOCKET = re.compile(
+    r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", re.M
+)
+_WRK_NON2XX = re.compile(r"Non-2xx or 3xx responses: (\d+)", re.M)
+
+
+def measure_wrk(
+    tools: Tools, port: int, duration: int, close: bool
+) -> tuple[float | None, list[str], dict[str, Any]]:
+    argv = [tools.wrk, f"-t{WRK_THREADS}", f"-c{WRK_CONNECTIONS}", f"-d{duration}s"]
+    if close:
+        argv += ["-H", "Connection: close"]
+    argv.append(f"http://{LOOPBACK}:{port}/")
+    try:
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=duration + RUN_SLACK)
+    except subprocess.TimeoutExpired:
+        return None, [f"wrk hung: no result {duration + RUN_SLACK:.0f}s after start"], {}
+    rate = _WRK_RATE.search(done.stdout)
+    if done.returncode != 0 or rate is None:
+        text = (done.stderr or done.stdout).strip()[:200]
+        return None, [f"wrk exit {done.returncode}: {text}"], {}
+    detail: dict[str, Any] = {}
+    problems: list[str] = []
+    if total := _WRK_TOTAL.search(done.stdout):
+        detail |= {"requests": int(total[1]), "elapsed": total[2], "read": total[3]}
+    if sock := _WRK_SOCKET.search(done.stdout):
+        errors = dict(zip(("connect", "read", "write", "timeout"), map(int, sock.groups())))
+        detail["socket_errors"] = errors
+        problems.append(f"wrk socket errors: {sock[0].split(': ', 1)[1]}")
+    if non2xx := _WRK_NON2XX.search(done.stdout):
+        detail["non_2xx"] = int(non2xx[1])
+        problems.append(f"wrk non-2xx/3xx responses: {non2xx[1]}")
+    if detail.get("requests") == 0:
+        problems.append("wrk completed no request")
+    return float(rate[1]), problems, detail
+
+
+def measure(
+    workload: Workload, tools: Tools, port: int, duration: int
+) -> tuple[float | None, list[str], dict[str, Any]]:
+    if workload.name == "bulk":
+        return measure_bulk(tools, port, duration)
+    return measure_wrk(tools, port, duration, close=workload.name == "newconn")
+
+
+def check_http(port: int) -> str | None:
+    """One request through a contender: the body must arrive whole and intact."""
+    conn = http.client.HTTPConnection(LOOPBACK, port, timeout=5)
+    try:
+        conn.request("GET", "/")
+        response = conn.getresponse()
+        body = response.read().decode(errors="replace")
+    except OSError as exc:
+        return f"smoke request failed: {exc!r}"
+    finally:
+        conn.close()
+    if response.status != 200 or body != BODY:
+        return f"smoke request: status {response.status}, body {body[:40]!r}"
+    return None
+
+
+# -- the run -----------------------------------------------------------------
+@contextmanager
+def backend_and_contenders(
+    procs: Processes, tools: Tools, tmp: Path, backend: str
+) -> Iterator[tuple[dict[str, int], list[Server]]]:
+    """Start `backend` and one instance of each proxy in front of it."""
+    port = _free_port()
+    if backend == "iperf3":
+        argv = [tools.iperf3, "-s", "-B", LOOPBACK, "-p", str(port)]
+    else:
+        argv = [tools.nginx, "-p", str(tmp), "-e", "stderr", "-c", str(nginx_conf(tmp, port))]
+    servers = [procs.start(backend, argv, port)]
+    ports = {"direct": port}
+    for name in CONTENDERS[1:]:
+        ports[name] = _free_port()
+        argv = contender_argv(tools, name, tmp, ports[name], port)
+        servers.append(procs.start(f"{name}-{backend}", argv, ports[name]))
+    try:
+        yield ports, servers
+    finally:
+        for server in reversed(servers):
+            procs.stop(server)
+
+
+def run_workload(
+    workload: Workload,
+    tools: Tools,
+    ports: dict[str, int],
+    servers: list[Server],
+    repeats: int,
+    duration: int,
+) -> list[Sample]:
+    samples: list[Sample] = []
+    n = len(CONTENDERS)
+    for r in range(repeats):
+        order = CONTENDERS[r % n :] + CONTENDERS[: r % n]
+        for name in order:
+            time.sleep(SETTLE)
+            value, problems, detail = measure(workload, tools, ports[name], duration)
+            for server in servers:
+                if server.proc.poll() is not None:
+                    problems.append(
+                        f"{server.name} exited with code {server.proc.returncode}:\n"
+                        f"{_tail(server.log)}"
+                    )
+            sample = Sample(workload.name, name, r, value, problems, detail)
+            samples.append(sample)
+            shown = "FAILED" if value is None else f"{value / workload.scale:,.2f} {workload.unit}"
+            print(f"  [{workload.name} {r + 1}/{repeats}] {name:<9} {shown}", flush=True)
+            for problem in problems:
+                print(f"  WARNING {workload.name}/{name}: {problem}", flush=True)
+    return samples
+
+
+@dataclass(frozen=True, slots=True)
+class Summary:
+    workload: str
+    unit: str
+    medians: dict[str, float | None]
+    spread: dict[str, tuple[float, float] | None]
+    vs_direct: dict[str, float | None]
+    meshgate_vs: dict[str, float | None]
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return None if a is None or b is None or b == 0 else a / b
+
+
+def summarize(workload: Workload, samples: list[Sample]) -> Summary:
+    medians: dict[str, float | None] = {}
+    spread: dict[str, tuple[float, float] | None] = {}
+    for name in CONTENDERS:
+        values = [s.value for s in samples if s.contender == name and s.value is not None]
+        medians[name] = statistics.median(values) if values else None
+        spread[name] = (min(values), max(values)) if values else None
+    return Summary(
+        workload.name,
+        workload.unit,
+        medians,
+        spread,
+        {name: _ratio(medians[name], medians["direct"]) for name in CONTENDERS},
+        {name: _ratio(medians["meshgate"], medians[name]) for name in CONTENDERS[:-1]},
+    )
+
+
+def _fmt(value: float | None, digits: int = 2) -> str:
+    return "-" if value is None else f"{value:,.{digits}f}"
+
+
+def print_table(summaries: list[Summary], repeats: int) -> None:
+    scale = {w.name: w.scale for w in WORKLOADS}
+    print(f"\nmedian of {repeats} interleaved repeats (min-max); ratios are of medians")
+    head = f"{'workload':<10} {'contender':<9} {'median':>14} {'min-max':>23} {'vs direct':>9}"
+    print(f"{head} {'meshgate/this':>13}")
+    for summary in summaries:
+        k = scale[summary.workload]
+        for name in CONTENDERS:
+            median = summary.medians[name]
+            lo_hi = summary.spread[name]
+            span = "-" if lo_hi is None else f"{_fmt(lo_hi[0] / k)}-{_fmt(lo_hi[1] / k)}"
+            shown = "-" if median is None else f"{_fmt(median / k)} {summary.unit}"
+            mine = summary.meshgate_vs.get(name)
+            print(
+                f"{summary.workload:<10} {name:<9} {shown:>14} {span:>23} "
+                f"{_fmt(summary.vs_direct[name]):>9} {_fmt(mine) if name != 'meshgate' else '':>13}"
+            )
+
+
+def tool_versions(tools: Tools) -> dict[str, str]:
+    commands = {
+        "iperf3": [tools.iperf3, "--version"],
+        "wrk": [tools.wrk, "--version"],
+        "nginx": [tools.nginx, "-v"],
+        "haproxy": [tools.haproxy, "-v"],
+        "socat": [tools.socat, "-V"],
+        "meshgate": [tools.meshgate, "version"],
+    }
+    versions: dict[str, str] = {}
+    for name, argv in commands.items():
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=10)
+        lines = [line for line in (done.stdout + done.stderr).splitlines() if "ersion" in line]
+        versions[name] = (lines or (done.stdout + done.stderr).splitlines() or ["?"])[0].strip()
+    return versions
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description="L4 benchmark: direct, socat, haproxy and meshgate on loopback, interleaved."
+    )
+    parser.add_argument("--repeats", type=int, default=3, help="runs per contender (default 3)")
+    parser.add_argument(
+        "--duration", type=int, default=3, help="seconds per run, whole seconds (default 3)"
+    )
+    parser.add_argument(
+        "--only", choices=[w.name for w in WORKLOADS], help="run this one workload only"
+    )
+    args = parser.parse_args(argv)
+    if args.repeats < 1 or args.duration < 1:
+        parser.error("--repeats and --duration must be at least 1")
+    return args
+
+
+def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
+    # SIGTERM takes the same path as Ctrl-C, so the `finally` clauses stop everything.
+    raise KeyboardInterrupt
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        tools = find_tools()
+    except MissingTool as exc:
+        print(f"l4.py: cannot run, {exc}", file=sys.stderr)
+        return 2
+    if not Path("/proc/net/tcp").exists():
+        print("l4.py: cannot run: needs Linux (/proc/net/tcp)", file=sys.stderr)
+        return 2
+    signal.signal(signal.SIGTERM, _raise_interrupt)
+    workloads = [w for w in WORKLOADS if args.only in (None, w.name)]
+    started = time.time()
+    samples: list[Sample] = []
+    notes: list[str] = []
+    with tempfile.TemporaryDirectory(prefix="meshgate-bench-") as tmpdir:
+        tmp = Path(tmpdir)
+        procs = Processes(tmp)
+        try:
+            for backend in dict.fromkeys(w.backend for w in workloads):
+                with backend_and_contenders(procs, tools, tmp, backend) as (ports, servers):
+                    if backend == "nginx":
+                        for name, port in ports.items():
+                            if problem := check_http(port):
+                                notes.append(f"{name}: {problem}")
+                                print(f"  WARNING {name}: {problem}", flush=True)
+                    for workload in (w for w in workloads if w.backend == backend):
+                        print(f"{workload.name}: {workload.about}", flush=True)
+                        samples += run_workload(
+                            workload, tools, ports, servers, args.repeats, args.duration
+                        )
+                    for server in servers:
+                        if lines := _log_problems(server):
+                            shown = "\n".join(f"    {line}" for line in lines[:5])
+                            notes.append(f"{server.name} logged {len(lines)} line(s):\n{shown}")
+        except NotReady as exc:
+            print(f"l4.py: a server did not start: {exc}", file=sys.stderr)
+            return 2
+        except KeyboardInterrupt:
+            print("l4.py: interrupted; stopping everything", file=sys.stderr)
+            return 130
+        finally:
+            procs.stop_all()
+
+    summaries = [summarize(w, [s for s in samples if s.workload == w.name]) for w in workloads]
+    print_table(summaries, args.repeats)
+    problems = [
+        f"{s.workload}/{s.contender} repeat {s.repeat + 1}: {p}"
+        for s in samples
+        for p in s.problems
+    ]
+    if problems or notes:
+        print("\nWARNINGS (numbers next to errors are suspect):")
+        for line in problems + notes:
+            print(f"  {line}")
+
+    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(started))
+    out = RESULTS_DIR / f"l4-{stamp}.json"
+    report = {
+        "started": stamp,
+        "seconds": round(time.time() - started, 1),
+        "args": vars(args),
+        "machine": {"cpus": os.cpu_count(), "kernel": platform.release(), "python": sys.version},
+        "tools": tool_versions(tools),
+        "workloads": [asdict(w) for w in workloads],
+        "summaries": [asdict(s) for s in summaries],
+        "samples": [asdict(s) for s in samples],
+        "warnings": problems + notes,
+    }
+    out.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"\nwrote {out.relative_to(REPO)}")
+    return 1 if problems or notes else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
