@@ -35,7 +35,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from types import FrameType
@@ -157,10 +157,8 @@ class Processes:
 
 def _stop_group(proc: subprocess.Popen[bytes]) -> None:
     _signal_group(proc, signal.SIGTERM)
-    try:
+    with suppress(subprocess.TimeoutExpired):
         proc.wait(timeout=STOP_GRACE)
-    except subprocess.TimeoutExpired:
-        pass
     # Then SIGKILL whatever is left: a leader that ignored SIGTERM, or
     # children that outlive it (socat's forks serving open connections).
     _signal_group(proc, signal.SIGKILL)
@@ -171,10 +169,8 @@ def _stop_group(proc: subprocess.Popen[bytes]) -> None:
 
 
 def _signal_group(proc: subprocess.Popen[bytes], sig: signal.Signals) -> None:
-    try:
+    with suppress(ProcessLookupError):  # the whole group is gone already
         os.killpg(proc.pid, sig)
-    except ProcessLookupError:
-        pass  # the whole group is gone already
 
 
 def _listening_ports() -> set[int]:
@@ -281,7 +277,7 @@ def haproxy_conf(tmp: Path, port: int, backend: int) -> Path:
     conf.write_text(
         f"""global
     nbthread 1
-    maxconn 20000
+    maxconn 4096
 defaults
     mode tcp
     timeout connect 5s
@@ -327,20 +323,46 @@ def contender_argv(tools: Tools, name: str, tmp: Path, port: int, backend: int) 
 
 
 # -- measurements ------------------------------------------------------------
-def measure_bulk(
-    tools: Tools, port: int, duration: int
-) -> tuple[float | None, list[str], dict[str, Any]]:
-    argv = [tools.iperf3, "-c", LOOPBACK, "-p", str(port), "-t", str(duration), "-J"]
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """How much to measure: the command line's choices."""
+
+    repeats: int
+    duration: int  # seconds per run; iperf3 takes whole seconds only
+
+
+@dataclass(slots=True)
+class Result:
+    value: float | None  # None: no number (see problems)
+    problems: list[str] = field(default_factory=list)
+    detail: dict[str, Any] = field(default_factory=dict)
+
+
+def _client(argv: list[str], plan: Plan) -> subprocess.CompletedProcess[str] | Result:
+    """Run a load generator; a hang becomes a failed Result, not a stuck benchmark."""
     try:
-        done = subprocess.run(argv, capture_output=True, text=True, timeout=duration + RUN_SLACK)
+        return subprocess.run(
+            argv, check=False, capture_output=True, text=True, timeout=plan.duration + RUN_SLACK
+        )
     except subprocess.TimeoutExpired:
-        return None, [f"iperf3 hung: no result {duration + RUN_SLACK:.0f}s after start"], {}
+        return Result(
+            None, [f"{Path(argv[0]).name} hung: no result after {plan.duration + RUN_SLACK:.0f}s"]
+        )
+
+
+def measure_bulk(tools: Tools, port: int, plan: Plan) -> Result:
+    argv = [tools.iperf3, "-c", LOOPBACK, "-p", str(port), "-t", str(plan.duration), "-J"]
+    done = _client(argv, plan)
+    if isinstance(done, Result):
+        return done
     try:
         report = json.loads(done.stdout)
     except json.JSONDecodeError:
-        return None, [f"iperf3 exit {done.returncode}, no JSON: {done.stderr.strip()[:200]}"], {}
+        return Result(
+            None, [f"iperf3 exit {done.returncode}, no JSON: {done.stderr.strip()[:200]}"]
+        )
     if "error" in report:
-        return None, [f"iperf3: {report['error']}"], {}
+        return Result(None, [f"iperf3: {report['error']}"])
     received = report["end"]["sum_received"]
     sent = report["end"]["sum_sent"]
     detail = {
@@ -348,54 +370,46 @@ def measure_bulk(
         "bytes_sent": int(sent["bytes"]),
         "retransmits": int(sent.get("retransmits", 0)),
     }
-    return float(received["bits_per_second"]), [], detail
+    return Result(float(received["bits_per_second"]), [], detail)
 
 
 _WRK_RATE = re.compile(r"^Requests/sec:\s+([\d.]+)", re.M)
 _WRK_TOTAL = re.compile(r"^\s*(\d+) requests in ([\d.]+\w+), ([\d.]+\w+) read", re.M)
-_WRK_SOCKET = re.compile(
-    r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", re.M
-)
-_WRK_NON2XX = re.compile(r"Non-2xx or 3xx responses: (\d+)", re.M)
+_WRK_SOCKET = re.compile(r"Socket errors: (connect \d+, read \d+, write \d+, timeout \d+)")
+_WRK_NON2XX = re.compile(r"Non-2xx or 3xx responses: (\d+)")
 
 
-def measure_wrk(
-    tools: Tools, port: int, duration: int, close: bool
-) -> tuple[float | None, list[str], dict[str, Any]]:
-    argv = [tools.wrk, f"-t{WRK_THREADS}", f"-c{WRK_CONNECTIONS}", f"-d{duration}s"]
+def measure_wrk(tools: Tools, port: int, plan: Plan, close: bool) -> Result:
+    argv = [tools.wrk, f"-t{WRK_THREADS}", f"-c{WRK_CONNECTIONS}", f"-d{plan.duration}s"]
     if close:
         argv += ["-H", "Connection: close"]
     argv.append(f"http://{LOOPBACK}:{port}/")
-    try:
-        done = subprocess.run(argv, capture_output=True, text=True, timeout=duration + RUN_SLACK)
-    except subprocess.TimeoutExpired:
-        return None, [f"wrk hung: no result {duration + RUN_SLACK:.0f}s after start"], {}
+    done = _client(argv, plan)
+    if isinstance(done, Result):
+        return done
     rate = _WRK_RATE.search(done.stdout)
     if done.returncode != 0 or rate is None:
         text = (done.stderr or done.stdout).strip()[:200]
-        return None, [f"wrk exit {done.returncode}: {text}"], {}
-    detail: dict[str, Any] = {}
-    problems: list[str] = []
+        return Result(None, [f"wrk exit {done.returncode}: {text}"])
+    result = Result(float(rate[1]))
     if total := _WRK_TOTAL.search(done.stdout):
-        detail |= {"requests": int(total[1]), "elapsed": total[2], "read": total[3]}
+        result.detail |= {"requests": int(total[1]), "elapsed": total[2], "read": total[3]}
+        if int(total[1]) == 0:
+            result.problems.append("wrk completed no request")
+    # wrk prints these lines only when the counts are not zero.
     if sock := _WRK_SOCKET.search(done.stdout):
-        errors = dict(zip(("connect", "read", "write", "timeout"), map(int, sock.groups())))
-        detail["socket_errors"] = errors
-        problems.append(f"wrk socket errors: {sock[0].split(': ', 1)[1]}")
+        result.detail["socket_errors"] = sock[1]
+        result.problems.append(f"wrk socket errors: {sock[1]}")
     if non2xx := _WRK_NON2XX.search(done.stdout):
-        detail["non_2xx"] = int(non2xx[1])
-        problems.append(f"wrk non-2xx/3xx responses: {non2xx[1]}")
-    if detail.get("requests") == 0:
-        problems.append("wrk completed no request")
-    return float(rate[1]), problems, detail
+        result.detail["non_2xx"] = int(non2xx[1])
+        result.problems.append(f"wrk non-2xx/3xx responses: {non2xx[1]}")
+    return result
 
 
-def measure(
-    workload: Workload, tools: Tools, port: int, duration: int
-) -> tuple[float | None, list[str], dict[str, Any]]:
+def measure(workload: Workload, tools: Tools, port: int, plan: Plan) -> Result:
     if workload.name == "bulk":
-        return measure_bulk(tools, port, duration)
-    return measure_wrk(tools, port, duration, close=workload.name == "newconn")
+        return measure_bulk(tools, port, plan)
+    return measure_wrk(tools, port, plan, close=workload.name == "newconn")
 
 
 def check_http(port: int) -> str | None:
@@ -415,10 +429,18 @@ def check_http(port: int) -> str | None:
 
 
 # -- the run -----------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class Setup:
+    """One backend and the contenders in front of it."""
+
+    ports: dict[str, int]  # contender -> the port its clients connect to
+    servers: list[Server]  # backend first
+
+
 @contextmanager
 def backend_and_contenders(
     procs: Processes, tools: Tools, tmp: Path, backend: str
-) -> Iterator[tuple[dict[str, int], list[Server]]]:
+) -> Iterator[Setup]:
     """Start `backend` and one instance of each proxy in front of it."""
     port = _free_port()
     if backend == "iperf3":
@@ -432,38 +454,34 @@ def backend_and_contenders(
         argv = contender_argv(tools, name, tmp, ports[name], port)
         servers.append(procs.start(f"{name}-{backend}", argv, ports[name]))
     try:
-        yield ports, servers
+        yield Setup(ports, servers)
     finally:
         for server in reversed(servers):
             procs.stop(server)
 
 
-def run_workload(
-    workload: Workload,
-    tools: Tools,
-    ports: dict[str, int],
-    servers: list[Server],
-    repeats: int,
-    duration: int,
-) -> list[Sample]:
+def run_workload(workload: Workload, tools: Tools, setup: Setup, plan: Plan) -> list[Sample]:
     samples: list[Sample] = []
     n = len(CONTENDERS)
-    for r in range(repeats):
+    for r in range(plan.repeats):
+        # Interleave: repeat r starts with contender r mod n.
         order = CONTENDERS[r % n :] + CONTENDERS[: r % n]
         for name in order:
             time.sleep(SETTLE)
-            value, problems, detail = measure(workload, tools, ports[name], duration)
-            for server in servers:
+            result = measure(workload, tools, setup.ports[name], plan)
+            for server in setup.servers:
                 if server.proc.poll() is not None:
-                    problems.append(
+                    result.problems.append(
                         f"{server.name} exited with code {server.proc.returncode}:\n"
                         f"{_tail(server.log)}"
                     )
-            sample = Sample(workload.name, name, r, value, problems, detail)
-            samples.append(sample)
+            samples.append(
+                Sample(workload.name, name, r, result.value, result.problems, result.detail)
+            )
+            value = result.value
             shown = "FAILED" if value is None else f"{value / workload.scale:,.2f} {workload.unit}"
-            print(f"  [{workload.name} {r + 1}/{repeats}] {name:<9} {shown}", flush=True)
-            for problem in problems:
+            print(f"  [{workload.name} {r + 1}/{plan.repeats}] {name:<9} {shown}", flush=True)
+            for problem in result.problems:
                 print(f"  WARNING {workload.name}/{name}: {problem}", flush=True)
     return samples
 
@@ -533,7 +551,7 @@ def tool_versions(tools: Tools) -> dict[str, str]:
     }
     versions: dict[str, str] = {}
     for name, argv in commands.items():
-        done = subprocess.run(argv, capture_output=True, text=True, timeout=10)
+        done = subprocess.run(argv, check=False, capture_output=True, text=True, timeout=10)
         lines = [line for line in (done.stdout + done.stderr).splitlines() if "ersion" in line]
         versions[name] = (lines or (done.stdout + done.stderr).splitlines() or ["?"])[0].strip()
     return versions
@@ -572,6 +590,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("l4.py: cannot run: needs Linux (/proc/net/tcp)", file=sys.stderr)
         return 2
     signal.signal(signal.SIGTERM, _raise_interrupt)
+    plan = Plan(args.repeats, args.duration)
     workloads = [w for w in WORKLOADS if args.only in (None, w.name)]
     started = time.time()
     samples: list[Sample] = []
@@ -581,18 +600,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         procs = Processes(tmp)
         try:
             for backend in dict.fromkeys(w.backend for w in workloads):
-                with backend_and_contenders(procs, tools, tmp, backend) as (ports, servers):
+                with backend_and_contenders(procs, tools, tmp, backend) as setup:
                     if backend == "nginx":
-                        for name, port in ports.items():
+                        for name, port in setup.ports.items():
                             if problem := check_http(port):
                                 notes.append(f"{name}: {problem}")
                                 print(f"  WARNING {name}: {problem}", flush=True)
                     for workload in (w for w in workloads if w.backend == backend):
                         print(f"{workload.name}: {workload.about}", flush=True)
-                        samples += run_workload(
-                            workload, tools, ports, servers, args.repeats, args.duration
-                        )
-                    for server in servers:
+                        samples += run_workload(workload, tools, setup, plan)
+                    for server in setup.servers:
                         if lines := _log_problems(server):
                             shown = "\n".join(f"    {line}" for line in lines[:5])
                             notes.append(f"{server.name} logged {len(lines)} line(s):\n{shown}")
