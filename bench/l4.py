@@ -70,6 +70,7 @@ WRK_CONNECTIONS = 50
 # The response body nginx serves: small, so the request rate is what counts.
 BODY = "0123456789" * 10
 # Log lines that are startup chatter, not a sign of trouble.
+VERSION = re.compile(r"\d+\.\d+")
 NOISE = re.compile(r"\[NOTICE\]|Server listening|^-+$|^\s*$")
 
 
@@ -149,10 +150,15 @@ class Processes:
         self._servers.remove(server)
 
     def stop_all(self) -> None:
-        # Newest first: the proxies before the backends they forward to.
-        for server in reversed(self._servers):
-            _stop_group(server.proc)
-        self._servers.clear()
+        # A second Ctrl-C must not cut the cleanup short and leave servers behind.
+        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        try:
+            # Newest first: the proxies before the backends they forward to.
+            for server in reversed(self._servers):
+                _stop_group(server.proc)
+            self._servers.clear()
+        finally:
+            signal.signal(signal.SIGINT, previous)
 
 
 def _stop_group(proc: subprocess.Popen[bytes]) -> None:
@@ -517,26 +523,33 @@ def summarize(workload: Workload, samples: list[Sample]) -> Summary:
     )
 
 
-def _fmt(value: float | None, digits: int = 2) -> str:
+def _num(value: float | None, digits: int) -> str:
     return "-" if value is None else f"{value:,.{digits}f}"
 
 
 def print_table(summaries: list[Summary], repeats: int) -> None:
     scale = {w.name: w.scale for w in WORKLOADS}
-    print(f"\nmedian of {repeats} interleaved repeats (min-max); ratios are of medians")
-    head = f"{'workload':<10} {'contender':<9} {'median':>14} {'min-max':>23} {'vs direct':>9}"
-    print(f"{head} {'meshgate/this':>13}")
+    print(f"\nmedian of {repeats} interleaved repeats; ratios are ratios of medians")
+    print(
+        f"{'workload':<10} {'contender':<9} {'median':>10} {'unit':<7} {'min .. max':>21}"
+        f" {'vs direct':>9} {'meshgate/this':>13}"
+    )
     for summary in summaries:
         k = scale[summary.workload]
+        digits = 2 if k > 1 else 0  # Gbit/s with decimals, rates as integers
         for name in CONTENDERS:
-            median = summary.medians[name]
             lo_hi = summary.spread[name]
-            span = "-" if lo_hi is None else f"{_fmt(lo_hi[0] / k)}-{_fmt(lo_hi[1] / k)}"
-            shown = "-" if median is None else f"{_fmt(median / k)} {summary.unit}"
-            mine = summary.meshgate_vs.get(name)
+            span = (
+                "-"
+                if lo_hi is None
+                else f"{_num(lo_hi[0] / k, digits)} .. {_num(lo_hi[1] / k, digits)}"
+            )
+            median = summary.medians[name]
+            shown = _num(None if median is None else median / k, digits)
+            mine = "" if name == "meshgate" else _num(summary.meshgate_vs[name], 2)
             print(
-                f"{summary.workload:<10} {name:<9} {shown:>14} {span:>23} "
-                f"{_fmt(summary.vs_direct[name]):>9} {_fmt(mine) if name != 'meshgate' else '':>13}"
+                f"{summary.workload:<10} {name:<9} {shown:>10}"
+                f" {summary.unit:<7} {span:>21} {_num(summary.vs_direct[name], 2):>9} {mine:>13}"
             )
 
 
@@ -552,8 +565,9 @@ def tool_versions(tools: Tools) -> dict[str, str]:
     versions: dict[str, str] = {}
     for name, argv in commands.items():
         done = subprocess.run(argv, check=False, capture_output=True, text=True, timeout=10)
-        lines = [line for line in (done.stdout + done.stderr).splitlines() if "ersion" in line]
-        versions[name] = (lines or (done.stdout + done.stderr).splitlines() or ["?"])[0].strip()
+        # The first line with a version number (socat's first line is its authors).
+        lines = [line for line in (done.stdout + done.stderr).splitlines() if VERSION.search(line)]
+        versions[name] = lines[0].strip() if lines else "?"
     return versions
 
 
@@ -579,7 +593,47 @@ def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
     raise KeyboardInterrupt
 
 
+@dataclass(slots=True)
+class Outcome:
+    """Everything one run produced."""
+
+    samples: list[Sample] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)  # make the numbers suspect
+    logs: list[str] = field(default_factory=list)  # what servers printed; for a human to judge
+
+
+def collect(tools: Tools, workloads: list[Workload], plan: Plan, tmp: Path) -> Outcome:
+    """Start each backend with its contenders, measure its workloads, stop them."""
+    outcome = Outcome()
+    procs = Processes(tmp)
+    try:
+        for backend in dict.fromkeys(w.backend for w in workloads):
+            with backend_and_contenders(procs, tools, tmp, backend) as setup:
+                if backend == "nginx":
+                    for name, port in setup.ports.items():
+                        if problem := check_http(port):
+                            outcome.problems.append(f"{name}: {problem}")
+                            print(f"  WARNING {name}: {problem}", flush=True)
+                for workload in (w for w in workloads if w.backend == backend):
+                    print(f"{workload.name}: {workload.about}", flush=True)
+                    outcome.samples += run_workload(workload, tools, setup, plan)
+                # Read before stopping, so shutdown messages do not count.
+                for server in setup.servers:
+                    if lines := _log_problems(server):
+                        shown = "\n".join(f"    {line}" for line in lines[:5])
+                        outcome.logs.append(f"{server.name} logged {len(lines)} line(s):\n{shown}")
+    finally:
+        procs.stop_all()
+    outcome.problems += [
+        f"{s.workload}/{s.contender} repeat {s.repeat + 1}: {p}"
+        for s in outcome.samples
+        for p in s.problems
+    ]
+    return outcome
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """Exit 0: done, no errors; 1: done, but some run had errors; 2: could not run."""
     args = parse_args(argv)
     try:
         tools = find_tools()
@@ -593,45 +647,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     plan = Plan(args.repeats, args.duration)
     workloads = [w for w in WORKLOADS if args.only in (None, w.name)]
     started = time.time()
-    samples: list[Sample] = []
-    notes: list[str] = []
-    with tempfile.TemporaryDirectory(prefix="meshgate-bench-") as tmpdir:
-        tmp = Path(tmpdir)
-        procs = Processes(tmp)
-        try:
-            for backend in dict.fromkeys(w.backend for w in workloads):
-                with backend_and_contenders(procs, tools, tmp, backend) as setup:
-                    if backend == "nginx":
-                        for name, port in setup.ports.items():
-                            if problem := check_http(port):
-                                notes.append(f"{name}: {problem}")
-                                print(f"  WARNING {name}: {problem}", flush=True)
-                    for workload in (w for w in workloads if w.backend == backend):
-                        print(f"{workload.name}: {workload.about}", flush=True)
-                        samples += run_workload(workload, tools, setup, plan)
-                    for server in setup.servers:
-                        if lines := _log_problems(server):
-                            shown = "\n".join(f"    {line}" for line in lines[:5])
-                            notes.append(f"{server.name} logged {len(lines)} line(s):\n{shown}")
-        except NotReady as exc:
-            print(f"l4.py: a server did not start: {exc}", file=sys.stderr)
-            return 2
-        except KeyboardInterrupt:
-            print("l4.py: interrupted; stopping everything", file=sys.stderr)
-            return 130
-        finally:
-            procs.stop_all()
+    try:
+        with tempfile.TemporaryDirectory(prefix="meshgate-bench-") as tmpdir:
+            outcome = collect(tools, workloads, plan, Path(tmpdir))
+    except NotReady as exc:
+        print(f"l4.py: a server did not start: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("l4.py: interrupted; every process started was stopped", file=sys.stderr)
+        return 130
 
-    summaries = [summarize(w, [s for s in samples if s.workload == w.name]) for w in workloads]
-    print_table(summaries, args.repeats)
-    problems = [
-        f"{s.workload}/{s.contender} repeat {s.repeat + 1}: {p}"
-        for s in samples
-        for p in s.problems
+    summaries = [
+        summarize(w, [s for s in outcome.samples if s.workload == w.name]) for w in workloads
     ]
-    if problems or notes:
+    print_table(summaries, plan.repeats)
+    if outcome.problems:
         print("\nWARNINGS (numbers next to errors are suspect):")
-        for line in problems + notes:
+        for line in outcome.problems:
+            print(f"  {line}")
+    if outcome.logs:
+        print("\nserver logs (besides startup notices):")
+        for line in outcome.logs:
             print(f"  {line}")
 
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
@@ -645,12 +681,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         "tools": tool_versions(tools),
         "workloads": [asdict(w) for w in workloads],
         "summaries": [asdict(s) for s in summaries],
-        "samples": [asdict(s) for s in samples],
-        "warnings": problems + notes,
+        "samples": [asdict(s) for s in outcome.samples],
+        "warnings": outcome.problems,
+        "server_logs": outcome.logs,
     }
     out.write_text(json.dumps(report, indent=2) + "\n")
     print(f"\nwrote {out.relative_to(REPO)}")
-    return 1 if problems or notes else 0
+    return 1 if outcome.problems else 0
 
 
 if __name__ == "__main__":

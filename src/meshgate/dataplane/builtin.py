@@ -19,7 +19,7 @@ import httptools
 
 from meshgate import settings
 from meshgate.dataplane.listener import Traffic
-from meshgate.dataplane.pipe import IdleTimer
+from meshgate.dataplane.pipe import IdleTimer, connection_ended, connection_opened
 from meshgate.routing.table import ListenerSpec
 
 if TYPE_CHECKING:
@@ -43,16 +43,18 @@ class _Builtin(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.idle: IdleTimer | None = None
         self.reason = "eof"
+        self.client = "-"
+        self._loop = asyncio.get_running_loop()
+        self.started = self._loop.time()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports implement asyncio.Transport without subclassing it.
         self.transport = tr = cast(asyncio.Transport, transport)
         tr.set_write_buffer_limits(settings.WRITE_HIGH_WATER, settings.WRITE_LOW_WATER)
-        self.listener.track(self)
-        metrics = self.listener.ctx.metrics
-        metrics.connections.labels(self.spec.name, self.backend).inc()
-        metrics.connections_active.labels(self.spec.name, self.backend).inc()
-        self.idle = IdleTimer(asyncio.get_running_loop(), self.spec.pool.timeouts.idle, self._idle)
+        peer = tr.get_extra_info("peername")
+        self.client = f"{peer[0]}:{peer[1]}" if peer else "-"
+        connection_opened(self.listener, self)
+        self.idle = IdleTimer(self._loop, self.spec.pool.timeouts.idle, self._idle)
 
     def _idle(self) -> None:
         self.reason = "idle_timeout"
@@ -78,18 +80,16 @@ class _Builtin(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         if self.idle is not None:
             self.idle.cancel()
-        metrics = self.listener.ctx.metrics
-        metrics.connections_active.labels(self.spec.name, self.backend).dec()
-        if self.reason != "eof":
-            metrics.connection_errors.labels(self.spec.name, self.reason).inc()
-        self.listener.untrack(self)
+        if exc is not None and self.reason == "eof":
+            self.reason = "client_reset"
+        connection_ended(self.listener, self, self.client, self.started, self.reason)
 
 
 class EchoBackend(_Builtin):
     def data_received(self, data: bytes) -> None:
         self.traffic.bytes_in += len(data)
         if self.idle is not None:
-            self.idle.last = asyncio.get_running_loop().time()
+            self.idle.last = self._loop.time()
         self.send(data)
 
     def eof_received(self) -> bool:
@@ -113,7 +113,7 @@ class HelloBackend(_Builtin):
     def data_received(self, data: bytes) -> None:
         self.traffic.bytes_in += len(data)
         if self.idle is not None:
-            self.idle.last = asyncio.get_running_loop().time()
+            self.idle.last = self._loop.time()
         self._pending += len(data)
         try:
             self._parser.feed_data(data)

@@ -23,7 +23,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, cast
 
 from meshgate import aio, settings
-from meshgate.dataplane.listener import Traffic
+from meshgate.dataplane.listener import Tracked, Traffic
 from meshgate.routing.table import ListenerSpec
 from meshgate.upstream.connect import NoEndpointAvailable, connect
 from meshgate.upstream.pool import EndpointState
@@ -32,6 +32,45 @@ if TYPE_CHECKING:
     from meshgate.dataplane.listener import Listener
 
 log = logging.getLogger("meshgate.tcp")
+
+
+def connection_opened(listener: Listener, conn: Tracked) -> None:
+    """Bookkeeping for an accepted TCP connection (relayed or built-in)."""
+    listener.track(conn)
+    metrics = listener.ctx.metrics
+    metrics.connections.labels(listener.spec.name, conn.backend).inc()
+    metrics.connections_active.labels(listener.spec.name, conn.backend).inc()
+
+
+def connection_ended(
+    listener: Listener, conn: Tracked, client: str, started: float, reason: str
+) -> None:
+    """Bookkeeping and the one log line for a TCP connection that has ended.
+
+    `reason` is "eof" for a normal close; anything else is also counted in
+    meshgate_connection_errors_total (except no_upstream, counted when seen).
+    """
+    name = listener.spec.name
+    metrics = listener.ctx.metrics
+    metrics.connections_active.labels(name, conn.backend).dec()
+    listener.untrack(conn)
+    if reason not in ("eof", "no_upstream"):
+        metrics.connection_errors.labels(name, reason).inc()
+    if log.isEnabledFor(logging.INFO):
+        log.info(
+            "connection closed",
+            extra={
+                "fields": {
+                    "listener": name,
+                    "backend": conn.backend,
+                    "client": client,
+                    "bytes_in": conn.traffic.bytes_in,
+                    "bytes_out": conn.traffic.bytes_out,
+                    "duration": round(asyncio.get_running_loop().time() - started, 6),
+                    "reason": reason,
+                }
+            },
+        )
 
 
 class IdleTimer:
@@ -126,10 +165,7 @@ class Relay(asyncio.Protocol):
         # Nothing is read until the upstream is there to take it.
         client.pause_reading()
         client.set_write_buffer_limits(settings.WRITE_HIGH_WATER, settings.WRITE_LOW_WATER)
-        self.listener.track(self)
-        metrics = self.listener.ctx.metrics
-        metrics.connections.labels(self.spec.name, self.backend).inc()
-        metrics.connections_active.labels(self.spec.name, self.backend).inc()
+        connection_opened(self.listener, self)
         self.idle = IdleTimer(self._loop, self.spec.pool.timeouts.idle, self._on_idle)
         self._connecting = aio.spawn(self._connect(), name=f"connect {self.spec.name}")
 
@@ -295,26 +331,7 @@ class Relay(asyncio.Protocol):
         if self.endpoint is not None:
             self.endpoint.in_flight -= 1
             self.endpoint = None
-        listener = self.listener
-        listener.ctx.metrics.connections_active.labels(self.spec.name, self.backend).dec()
-        listener.untrack(self)
-        if self.reason not in ("eof", "no_upstream"):
-            listener.ctx.metrics.connection_errors.labels(self.spec.name, self.reason).inc()
-        if log.isEnabledFor(logging.INFO):
-            log.info(
-                "connection closed",
-                extra={
-                    "fields": {
-                        "listener": self.spec.name,
-                        "backend": self.backend,
-                        "client": self.client_addr,
-                        "bytes_in": self.traffic.bytes_in,
-                        "bytes_out": self.traffic.bytes_out,
-                        "duration": round(self._loop.time() - self.started, 6),
-                        "reason": self.reason,
-                    }
-                },
-            )
+        connection_ended(self.listener, self, self.client_addr, self.started, self.reason)
 
 
 class _UpstreamProtocol(asyncio.Protocol):

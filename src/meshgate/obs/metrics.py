@@ -8,9 +8,19 @@ connection closes and when /metrics is scraped (see `Dataplane.flush`).
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    disable_created_metrics,
+    generate_latest,
+)
 
 LB = ("listener", "backend")
+
+# `*_created` timestamps double the exposition size for no use on a proxy
+# (process start is known); the switch is process-wide in prometheus_client.
+disable_created_metrics()
 
 
 class Metrics:
