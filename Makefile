@@ -39,5 +39,8 @@ importlint: $(STAMP)
 unit: $(STAMP)
 	$(BIN)/pytest -q
 
+bench: $(STAMP)
+	$(BIN)/python bench/l4.py
+
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache

@@ -11,11 +11,12 @@ Workloads, each a few seconds long:
   keepalive  wrk, 1 thread, 50 keep-alive connections, 100-byte body (req/s)
   newconn    the same with `Connection: close`: one connection per request
 
-Boundaries: loopback only; every process started here runs in its own
-process group and is stopped (SIGTERM, then SIGKILL) in a `finally`; the
-temporary configs and logs live in a temporary directory removed at the end.
-Results are printed as a table and written to bench/results/l4-<time>.json.
-Standard library only, so it runs before anything else is installed.
+Boundaries: loopback only; every server started here runs in its own
+process group and is stopped (SIGTERM, then SIGKILL) in a `finally`, and a
+load generator that hangs is killed at a deadline; configs and logs live in a
+temporary directory removed at the end. Results are printed as a table and
+written to bench/results/l4-<time>.json. Standard library only; see
+bench/README.md for how to read the numbers.
 """
 
 from __future__ import annotations
@@ -63,14 +64,22 @@ RUN_SLACK = 15.0
 # Pause between runs: lets the previous contender's closing connections and
 # the backend settle so they do not bill the next contender.
 SETTLE = 0.5
+# Once its clients are gone a proxy should hold no connection: its open file
+# descriptors fall back to what it had when idle. It gets this long to close
+# them before the difference is reported as leaked connections.
+CLOSE_GRACE = 2.0
+# Proxies whose connections are descriptors of the process we started (socat
+# serves each connection in a forked child, so it cannot be checked this way).
+LEAK_CHECKED = ("haproxy", "meshgate")
 # wrk's load: one thread and 50 connections leave the second core to the
 # proxy and the backend.
 WRK_THREADS = 1
 WRK_CONNECTIONS = 50
 # The response body nginx serves: small, so the request rate is what counts.
 BODY = "0123456789" * 10
-# Log lines that are startup chatter, not a sign of trouble.
+# How a tool's version line is recognised in its --version output.
 VERSION = re.compile(r"\d+\.\d+")
+# Log lines that are startup chatter, not a sign of trouble.
 NOISE = re.compile(r"\[NOTICE\]|Server listening|^-+$|^\s*$")
 
 
@@ -117,6 +126,14 @@ class Server:
     proc: subprocess.Popen[bytes]
     log: Path
     port: int
+    idle_fds: int  # open descriptors once listening, before any client came
+
+
+def _open_fds(pid: int) -> int:
+    try:
+        return len(os.listdir(f"/proc/{pid}/fd"))
+    except FileNotFoundError:
+        return 0  # exited; reported separately
 
 
 class Processes:
@@ -140,9 +157,10 @@ class Processes:
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
-        server = Server(name, proc, log, port)
-        self._servers.append(server)
-        _wait_listening(server)
+        self._servers.append(Server(name, proc, log, port, 0))
+        _wait_listening(name, proc, log, port)
+        server = Server(name, proc, log, port, _open_fds(proc.pid))
+        self._servers[-1] = server
         return server
 
     def stop(self, server: Server) -> None:
@@ -194,17 +212,25 @@ def _listening_ports() -> set[int]:
     return ports
 
 
-def _wait_listening(server: Server) -> None:
+def _wait_listening(name: str, proc: subprocess.Popen[bytes], log: Path, port: int) -> None:
     deadline = time.monotonic() + READY_TIMEOUT
     while time.monotonic() < deadline:
-        if server.proc.poll() is not None:
-            raise NotReady(
-                f"{server.name} exited with code {server.proc.returncode}:\n{_tail(server.log)}"
-            )
-        if server.port in _listening_ports():
+        if proc.poll() is not None:
+            raise NotReady(f"{name} exited with code {proc.returncode}:\n{_tail(log)}")
+        if port in _listening_ports():
             return
         time.sleep(0.05)
-    raise NotReady(f"{server.name} not listening on port {server.port} after {READY_TIMEOUT}s")
+    raise NotReady(f"{name} not listening on port {port} after {READY_TIMEOUT}s")
+
+
+def _leftover_fds(server: Server) -> int:
+    """Descriptors the server still holds beyond its idle count, after a grace."""
+    deadline = time.monotonic() + CLOSE_GRACE
+    while True:
+        extra = _open_fds(server.proc.pid) - server.idle_fds
+        if extra <= 0 or time.monotonic() >= deadline:
+            return extra
+        time.sleep(0.1)
 
 
 def _free_port() -> int:
@@ -440,7 +466,7 @@ class Setup:
     """One backend and the contenders in front of it."""
 
     ports: dict[str, int]  # contender -> the port its clients connect to
-    servers: list[Server]  # backend first
+    servers: dict[str, Server]  # contender -> what listens there ("direct": the backend)
 
 
 @contextmanager
@@ -453,17 +479,31 @@ def backend_and_contenders(
         argv = [tools.iperf3, "-s", "-B", LOOPBACK, "-p", str(port)]
     else:
         argv = [tools.nginx, "-p", str(tmp), "-e", "stderr", "-c", str(nginx_conf(tmp, port))]
-    servers = [procs.start(backend, argv, port)]
-    ports = {"direct": port}
+    servers = {"direct": procs.start(backend, argv, port)}
     for name in CONTENDERS[1:]:
-        ports[name] = _free_port()
-        argv = contender_argv(tools, name, tmp, ports[name], port)
-        servers.append(procs.start(f"{name}-{backend}", argv, ports[name]))
+        listen = _free_port()
+        argv = contender_argv(tools, name, tmp, listen, port)
+        servers[name] = procs.start(f"{name}-{backend}", argv, listen)
     try:
-        yield Setup(ports, servers)
+        yield Setup({name: server.port for name, server in servers.items()}, servers)
     finally:
-        for server in reversed(servers):
+        for server in reversed(servers.values()):
             procs.stop(server)
+
+
+def check_after(setup: Setup, contender: str) -> list[str]:
+    """After a run: is every server still up, and did the contender close its connections?"""
+    problems = [
+        f"{server.name} exited with code {server.proc.returncode}:\n{_tail(server.log)}"
+        for server in setup.servers.values()
+        if server.proc.poll() is not None
+    ]
+    if contender in LEAK_CHECKED and (extra := _leftover_fds(setup.servers[contender])) > 0:
+        problems.append(
+            f"{contender} still holds {extra} more descriptors than when idle, "
+            f"{CLOSE_GRACE:.0f}s after its clients left (leaked connections?)"
+        )
+    return problems
 
 
 def run_workload(workload: Workload, tools: Tools, setup: Setup, plan: Plan) -> list[Sample]:
@@ -475,12 +515,7 @@ def run_workload(workload: Workload, tools: Tools, setup: Setup, plan: Plan) -> 
         for name in order:
             time.sleep(SETTLE)
             result = measure(workload, tools, setup.ports[name], plan)
-            for server in setup.servers:
-                if server.proc.poll() is not None:
-                    result.problems.append(
-                        f"{server.name} exited with code {server.proc.returncode}:\n"
-                        f"{_tail(server.log)}"
-                    )
+            result.problems += check_after(setup, name)
             samples.append(
                 Sample(workload.name, name, r, result.value, result.problems, result.detail)
             )
@@ -571,6 +606,29 @@ def tool_versions(tools: Tools) -> dict[str, str]:
     return versions
 
 
+def meshgate_revision() -> str:
+    """The commit measured, with "+dirty" when the work tree has changes."""
+    git = ["git", "-C", str(REPO)]
+    try:
+        head = subprocess.run(
+            [*git, "rev-parse", "--short", "HEAD"],
+            check=False,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
+        dirty = subprocess.run(
+            [*git, "status", "--porcelain", "--", "src"],
+            check=False,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
+    except OSError:
+        return "?"  # no git: a copy outside a checkout
+    return head.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "") or "?"
+
+
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description="L4 benchmark: direct, socat, haproxy and meshgate on loopback, interleaved."
@@ -618,7 +676,7 @@ def collect(tools: Tools, workloads: list[Workload], plan: Plan, tmp: Path) -> O
                     print(f"{workload.name}: {workload.about}", flush=True)
                     outcome.samples += run_workload(workload, tools, setup, plan)
                 # Read before stopping, so shutdown messages do not count.
-                for server in setup.servers:
+                for server in setup.servers.values():
                     if lines := _log_problems(server):
                         shown = "\n".join(f"    {line}" for line in lines[:5])
                         outcome.logs.append(f"{server.name} logged {len(lines)} line(s):\n{shown}")
@@ -679,6 +737,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "args": vars(args),
         "machine": {"cpus": os.cpu_count(), "kernel": platform.release(), "python": sys.version},
         "tools": tool_versions(tools),
+        "meshgate_revision": meshgate_revision(),
         "workloads": [asdict(w) for w in workloads],
         "summaries": [asdict(s) for s in summaries],
         "samples": [asdict(s) for s in outcome.samples],
