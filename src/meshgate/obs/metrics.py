@@ -20,7 +20,7 @@ LB = ("listener", "backend")
 
 # `*_created` timestamps double the exposition size for no use on a proxy
 # (process start is known); the switch is process-wide in prometheus_client.
-disable_created_metrics()
+disable_created_metrics()  # type: ignore[no-untyped-call]  # untyped in prometheus_client
 
 
 class Metrics:
