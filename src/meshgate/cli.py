@@ -21,7 +21,7 @@ from meshgate.config.model import Config
 from meshgate.errors import ConfigError
 from meshgate.obs import logging as mlog
 from meshgate.routing.compile import compile_table
-from meshgate.runtime import Runtime, RuntimeOptions, StartupError, resolve_options
+from meshgate.runtime import Runtime, RuntimeOptions, StartupError, check_tls, resolve_options
 from meshgate.sources import ConfigSource, load_all
 from meshgate.sources.file import FileSource
 from meshgate.sources.static import RulesSource
@@ -87,12 +87,14 @@ def _load_or_exit(sources: list[ConfigSource]) -> Config:
         )
         raise typer.Exit(2)
     try:
-        return load_all(sources)
+        config = load_all(sources)
+        check_tls(compile_table(config, version=0))
     except ConfigError as exc:
         err.print(f"meshgate: invalid configuration ({len(exc.problems)} problem(s)):")
         for problem in exc.problems:
             err.print(f"  {problem}", markup=False)
         raise typer.Exit(2) from None
+    return config
 
 
 @app.command()

@@ -20,6 +20,7 @@ from typing import Any
 from meshgate import aio, settings
 from meshgate.admin import AdminServer
 from meshgate.config.model import Config
+from meshgate.dataplane.certs import CertError, TlsStore
 from meshgate.dataplane.dataplane import Dataplane
 from meshgate.errors import ConfigError
 from meshgate.obs.metrics import Metrics
@@ -28,6 +29,15 @@ from meshgate.routing.table import RouteTable, hostport
 from meshgate.sources import ConfigSource, load_all
 
 log = logging.getLogger("meshgate.runtime")
+
+
+def check_tls(table: RouteTable) -> None:
+    """Load every certificate the table names; a bad one is a ConfigError
+    naming the file (the data plane loads them again, cached, on apply)."""
+    try:
+        TlsStore().prepare(table)
+    except CertError as exc:
+        raise ConfigError.one(exc.path, "", "", exc.reason) from None
 
 
 class StartupError(Exception):
@@ -141,6 +151,7 @@ class Runtime:
         try:
             config = load_all(self.sources)
             table = compile_table(config, version=self.version + 1, sources=self.source_names)
+            check_tls(table)
         except ConfigError as exc:
             self.prom.reloads.labels("rejected").inc()
             self.last_reload = {"time": now, "result": "rejected", "error": str(exc)}

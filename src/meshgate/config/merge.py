@@ -30,7 +30,8 @@ def listeners_overlap(a: Listener, b: Listener) -> bool:
     either one is the wildcard (0.0.0.0, ::) of the other's IP family: the
     second bind would fail with EADDRINUSE.
     """
-    if a.protocol != b.protocol or a.port != b.port:
+    # tcp and tls listeners are both TCP sockets; udp ones are not.
+    if (a.protocol == "udp") != (b.protocol == "udp") or a.port != b.port:
         return False
     ip_a, ip_b = ipaddress.ip_address(a.address), ipaddress.ip_address(b.address)
     if ip_a.version != ip_b.version:
@@ -112,22 +113,31 @@ def validate(config: Config, source: str, lines: Mapping[str, int] | None = None
             backends[backend.name] = backend
 
     for i, listener in enumerate(config.listeners):
-        target = backends.get(listener.backend)
-        field = f"listeners[{i}].backend"
-        if target is None:
-            known = ", ".join(sorted(backends)) or "none are defined"
-            add(
-                listener_label(i, listener),
-                field,
-                f"unknown backend '{listener.backend}'; known backends: {known}",
-            )
-        elif listener.protocol == "udp" and target.builtin is not None:
-            add(
-                listener_label(i, listener),
-                field,
-                f"backend '{target.name}' is the builtin '{target.builtin}', which "
-                "answers TCP only; a udp listener needs a backend with endpoints",
-            )
+        refs = (
+            [(f"listeners[{i}].backend", listener.backend)]
+            if listener.backend is not None
+            else [
+                (f"listeners[{i}].routes[{j}].backend", r.backend)
+                for j, r in enumerate(listener.routes)
+            ]
+        )
+        for field, name in refs:
+            target = backends.get(name)
+            if target is None:
+                known = ", ".join(sorted(backends)) or "none are defined"
+                add(
+                    listener_label(i, listener),
+                    field,
+                    f"unknown backend '{name}'; known backends: {known}",
+                )
+            elif listener.protocol != "tcp" and target.builtin is not None:
+                add(
+                    listener_label(i, listener),
+                    field,
+                    f"backend '{target.name}' is the builtin '{target.builtin}', which "
+                    f"answers plain TCP only; a {listener.protocol} listener needs a "
+                    "backend with endpoints",
+                )
 
     if problems:
         raise ConfigError(problems)
@@ -194,6 +204,17 @@ def merge(parts: Sequence[tuple[str, Config]]) -> Config:
 
     admin = _one_value("admin", [(s, c.admin) for s, c in parts], problems)
     drain = _one_value("drain_timeout", [(s, c.drain_timeout) for s, c in parts], problems)
+    resolve: dict[str, str] = {}
+    resolve_origin: dict[str, str] = {}
+    for source, config in parts:
+        for name, address in config.resolve.items():
+            if resolve.setdefault(name, address) != address:
+                reason = (
+                    f"'{name}' resolves to {address} here but to {resolve[name]} in "
+                    f"{resolve_origin[name]}"
+                )
+                problems.append(ConfigProblem(source, "resolve", f"resolve.{name}", reason))
+            resolve_origin.setdefault(name, source)
     if problems:
         raise ConfigError(problems)
     return Config(
@@ -201,6 +222,7 @@ def merge(parts: Sequence[tuple[str, Config]]) -> Config:
         backends=tuple(backend for _, backend in backends.values()),
         admin=admin,
         drain_timeout=drain,
+        resolve=resolve,
     )
 
 

@@ -24,7 +24,9 @@ from pydantic import (
     model_validator,
 )
 
-Protocol = Literal["tcp", "udp"]
+Protocol = Literal["tcp", "udp", "tls"]
+TlsMode = Literal["passthrough", "terminate"]
+ProxyVersion = Literal["v1", "v2"]
 Balance = Literal["round_robin", "random", "least_conn"]
 Builtin = Literal["hello", "echo"]
 
@@ -48,6 +50,13 @@ def parse_duration(value: object) -> float:
 
 
 Duration = Annotated[float, BeforeValidator(parse_duration)]
+
+
+def _ip(value: object) -> str:
+    return str(ipaddress.ip_address(str(value)))
+
+
+IpAddress = Annotated[str, BeforeValidator(_ip)]
 Port = Annotated[int, Field(ge=1, le=65535, strict=True)]  # strict: `port: true` is not 1
 Name = Annotated[str, Field(pattern=r"^[A-Za-z0-9]([A-Za-z0-9._-]{0,126}[A-Za-z0-9])?$")]
 
@@ -130,6 +139,41 @@ class Timeouts(_Frozen):
     half_closed: Duration = 60.0
 
 
+def check_server_name(value: str) -> str:
+    """A TLS server name: an exact DNS name or `*.` plus one (Ingress semantics)."""
+    name = value.strip().lower().rstrip(".")
+    bare = name[2:] if name.startswith("*.") else name
+    labels = bare.split(".")
+    ok = 0 < len(bare) <= 253 and all(
+        re.fullmatch(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?", label) for label in labels
+    )
+    if not ok or "*" in bare:
+        raise ValueError(
+            f"not a server name: {value!r} (use a DNS name, or *.example.com for one label)"
+        )
+    return name
+
+
+ServerName = Annotated[str, BeforeValidator(lambda v: check_server_name(str(v)))]
+
+
+class Certificate(_Frozen):
+    """A certificate chain and its private key, as PEM files."""
+
+    cert: str
+    key: str
+
+
+class UpstreamTls(_Frozen):
+    """Re-originate TLS to the backend (ingress-nginx `proxy-ssl-*`, Traefik
+    serversTransport). Verification is on unless spelled out as off."""
+
+    sni: ServerName | None = None  # default: the endpoint's host name
+    ca: str | None = None  # PEM bundle; default: the system roots
+    insecure_skip_verify: bool = False
+    alpn: tuple[str, ...] = ()
+
+
 class Backend(_Frozen):
     """A pool of endpoints, or a built-in responder (`hello`, `echo`)."""
 
@@ -138,6 +182,8 @@ class Backend(_Frozen):
     builtin: Builtin | None = None
     balance: Balance = "round_robin"
     timeouts: Timeouts = Timeouts()
+    tls: UpstreamTls | None = None
+    proxy_protocol: ProxyVersion | None = None  # send a PROXY header to the backend
 
     @model_validator(mode="after")
     def _one_kind(self) -> Backend:
@@ -145,7 +191,34 @@ class Backend(_Frozen):
             raise ValueError("a backend needs 'endpoints' or 'builtin'")
         if self.builtin is not None and self.endpoints:
             raise ValueError("'endpoints' and 'builtin' exclude each other")
+        if self.builtin is not None and (self.tls or self.proxy_protocol):
+            raise ValueError("a builtin backend takes no 'tls' or 'proxy_protocol'")
         return self
+
+
+class TlsRoute(_Frozen):
+    """One SNI route of a `tls` listener."""
+
+    sni: tuple[ServerName, ...] = ()
+    default: bool = False  # takes hellos with no SNI or an SNI no route names
+    mode: TlsMode = "passthrough"
+    certificate: Certificate | None = None  # terminate: else the listener's default
+    alpn: tuple[str, ...] = ()  # terminate: protocols offered, in preference order
+    backend: Name
+
+    @model_validator(mode="after")
+    def _shape(self) -> TlsRoute:
+        if not self.sni and not self.default:
+            raise ValueError("a route needs 'sni' names or 'default: true'")
+        if self.mode == "passthrough" and (self.certificate or self.alpn):
+            raise ValueError("a passthrough route takes no 'certificate' or 'alpn'")
+        return self
+
+
+class TlsOptions(_Frozen):
+    hello_timeout: Duration = 5.0
+    max_hello: Annotated[int, Field(ge=512, le=65536, strict=True)] = 16384
+    default_certificate: Certificate | None = None
 
 
 class UdpOptions(_Frozen):
@@ -160,8 +233,36 @@ class Listener(_Frozen):
     address: str = "127.0.0.1"
     port: Port
     protocol: Protocol = "tcp"
-    backend: Name
+    backend: Name | None = None  # tcp and udp
+    routes: tuple[TlsRoute, ...] = ()  # tls
+    tls: TlsOptions = TlsOptions()
     udp: UdpOptions = UdpOptions()
+
+    @model_validator(mode="after")
+    def _shape(self) -> Listener:
+        if self.protocol == "tls":
+            if self.backend is not None or not self.routes:
+                raise ValueError("a tls listener takes 'routes' (SNI routes), not 'backend'")
+            if sum(r.default for r in self.routes) > 1:
+                raise ValueError("only one route may be the default")
+            for route in self.routes:
+                if route.mode == "terminate" and not (
+                    route.certificate or self.tls.default_certificate
+                ):
+                    raise ValueError(
+                        f"route to '{route.backend}' terminates TLS but has no certificate "
+                        "and the listener has no tls.default_certificate"
+                    )
+        elif self.backend is None or self.routes:
+            raise ValueError(f"a {self.protocol} listener takes 'backend', not 'routes'")
+        return self
+
+    @property
+    def backends(self) -> tuple[str, ...]:
+        """Every backend name this listener sends to."""
+        if self.backend is not None:
+            return (self.backend,)
+        return tuple(dict.fromkeys(r.backend for r in self.routes))
 
     @field_validator("protocol", mode="before")
     @classmethod
@@ -184,3 +285,6 @@ class Config(_Frozen):
     backends: tuple[Backend, ...] = ()
     admin: str | None = None
     drain_timeout: Duration | None = None
+    # Static name -> address overrides, used before DNS (Kubernetes hostAliases):
+    # lets a re-originating listener reach a name cluster DNS cannot resolve yet.
+    resolve: dict[ServerName, IpAddress] = Field(default_factory=dict)

@@ -20,7 +20,7 @@ import httptools
 from meshgate import settings
 from meshgate.dataplane.listener import Traffic
 from meshgate.dataplane.pipe import IdleTimer, connection_ended, connection_opened
-from meshgate.routing.table import ListenerSpec
+from meshgate.routing.table import ListenerSpec, PoolSpec
 
 if TYPE_CHECKING:
     from meshgate.dataplane.listener import Listener
@@ -35,10 +35,11 @@ MAX_PENDING_REQUEST = 64 * 1024
 class _Builtin(asyncio.Protocol):
     """Shared plumbing: tracking, counters, idle timeout, backpressure."""
 
-    def __init__(self, listener: Listener, spec: ListenerSpec) -> None:
+    def __init__(self, listener: Listener, spec: ListenerSpec, pool: PoolSpec) -> None:
         self.listener = listener
         self.spec = spec
-        self.backend = spec.pool.name
+        self.pool = pool
+        self.backend = pool.name
         self.traffic = Traffic()
         self.transport: asyncio.Transport | None = None
         self.idle: IdleTimer | None = None
@@ -54,7 +55,7 @@ class _Builtin(asyncio.Protocol):
         peer = tr.get_extra_info("peername")
         self.client = f"{peer[0]}:{peer[1]}" if peer else "-"
         connection_opened(self.listener, self)
-        self.idle = IdleTimer(self._loop, self.spec.pool.timeouts.idle, self._idle)
+        self.idle = IdleTimer(self._loop, self.pool.timeouts.idle, self._idle)
 
     def _idle(self) -> None:
         self.reason = "idle_timeout"
@@ -99,8 +100,8 @@ class EchoBackend(_Builtin):
 class HelloBackend(_Builtin):
     """Answers each HTTP request with `hello from meshgate (<listener>)`."""
 
-    def __init__(self, listener: Listener, spec: ListenerSpec) -> None:
-        super().__init__(listener, spec)
+    def __init__(self, listener: Listener, spec: ListenerSpec, pool: PoolSpec) -> None:
+        super().__init__(listener, spec, pool)
         self._parser = httptools.HttpRequestParser(self)
         self._pending = 0  # bytes of the request not yet answered
         body = f"hello from meshgate ({spec.name})\n".encode()

@@ -15,8 +15,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from meshgate import aio
+from meshgate.dataplane.certs import TlsStore
 from meshgate.dataplane.listener import Context, Listener, State
 from meshgate.dataplane.tcp import TcpListener
+from meshgate.dataplane.tls_listener import TlsListener
 from meshgate.dataplane.udp import UdpListener
 from meshgate.obs.metrics import Metrics
 from meshgate.routing.table import ListenerKey, ListenerSpec, RouteTable
@@ -35,12 +37,14 @@ class BindFailure:
 def _make(spec: ListenerSpec, ctx: Context) -> Listener:
     if spec.key.protocol == "udp":
         return UdpListener(spec, ctx)
+    if spec.key.protocol == "tls":
+        return TlsListener(spec, ctx)
     return TcpListener(spec, ctx)
 
 
 class Dataplane:
     def __init__(self, metrics: Metrics, drain_timeout: float) -> None:
-        self.ctx = Context(metrics=metrics, pools=PoolRegistry())
+        self.ctx = Context(metrics=metrics, pools=PoolRegistry(), tls=TlsStore())
         self.drain_timeout = drain_timeout
         self.table: RouteTable | None = None
         self.listeners: dict[ListenerKey, Listener] = {}
@@ -48,7 +52,11 @@ class Dataplane:
         self._retiring: dict[Listener, asyncio.Task[None]] = {}
 
     async def apply(self, table: RouteTable) -> list[BindFailure]:
-        """Make the running listeners match `table`; return the binds that failed."""
+        """Make the running listeners match `table`; return the binds that failed.
+
+        Raises CertError, with nothing changed, when a certificate is unusable.
+        """
+        self.ctx.tls.prepare(table)
         loop = asyncio.get_running_loop()
         wanted = table.keys
         for key in [k for k in self.listeners if k not in wanted]:

@@ -16,10 +16,13 @@ from __future__ import annotations
 import asyncio
 import logging
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any, Protocol
 
+from meshgate import settings
+from meshgate.dataplane.certs import TlsStore
 from meshgate.obs.metrics import Metrics
 from meshgate.routing.table import ListenerSpec
 from meshgate.upstream.pool import PoolRegistry
@@ -54,6 +57,21 @@ class Context:
 
     metrics: Metrics
     pools: PoolRegistry
+    tls: TlsStore
+
+
+async def open_tcp_server(
+    spec: ListenerSpec, factory: Callable[[], asyncio.Protocol]
+) -> asyncio.AbstractServer:
+    """The listening TCP socket of a tcp or tls listener."""
+    loop = asyncio.get_running_loop()
+    return await loop.create_server(
+        factory,
+        spec.key.address,
+        spec.key.port,
+        backlog=settings.LISTEN_BACKLOG,
+        reuse_address=True,
+    )
 
 
 class Traffic:
@@ -137,7 +155,7 @@ class Listener(ABC):
                 "fields": {
                     "listener": self.spec.name,
                     "key": str(self.spec.key),
-                    "backend": self.spec.pool.name,
+                    "backend": self.spec.backend_label,
                 }
             },
         )
@@ -235,7 +253,7 @@ class Listener(ABC):
             "protocol": self.spec.key.protocol,
             "state": self.state.value,
             "error": self.error,
-            "backend": self.spec.pool.name,
+            "backend": self.spec.backend_label,
             "active": len(self.live),
             "total": self.total,
             "bytes_in": bytes_in,

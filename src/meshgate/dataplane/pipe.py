@@ -24,7 +24,8 @@ from typing import TYPE_CHECKING, cast
 
 from meshgate import aio, settings
 from meshgate.dataplane.listener import Tracked, Traffic
-from meshgate.routing.table import ListenerSpec
+from meshgate.protocols.proxy_protocol import encode_v1, encode_v2
+from meshgate.routing.table import ListenerSpec, PoolSpec
 from meshgate.upstream.connect import NoEndpointAvailable, connect
 from meshgate.upstream.pool import EndpointState
 
@@ -71,6 +72,24 @@ def connection_ended(
                 }
             },
         )
+
+
+def proxy_header(
+    version: str, client: asyncio.Transport, upstream: asyncio.Transport, sni: str | None
+) -> bytes:
+    """The PROXY header telling the backend who the client really is.
+
+    Source: the client's address; destination: the address the client
+    connected to (meshgate's listener). v2 also carries the SNI as
+    PP2_TYPE_AUTHORITY. Without addresses (a Unix socket?) v2 says LOCAL.
+    """
+    source = client.get_extra_info("peername")
+    destination = client.get_extra_info("sockname")
+    src = (source[0], source[1]) if source else None
+    dst = (destination[0], destination[1]) if destination else None
+    if version == "v1" and src and dst:
+        return encode_v1(src, dst)
+    return encode_v2(src, dst, authority=sni)
 
 
 class IdleTimer:
@@ -120,7 +139,9 @@ class Relay(asyncio.Protocol):
         "finished",
         "idle",
         "listener",
+        "pool",
         "reason",
+        "sni",
         "spec",
         "started",
         "traffic",
@@ -129,10 +150,14 @@ class Relay(asyncio.Protocol):
         "upstream_open",
     )
 
-    def __init__(self, listener: Listener, spec: ListenerSpec) -> None:
+    def __init__(
+        self, listener: Listener, spec: ListenerSpec, pool: PoolSpec, sni: str | None = None
+    ) -> None:
         self.listener = listener
         self.spec = spec  # the table this connection was accepted with, for its whole life
-        self.backend = spec.pool.name
+        self.pool = pool
+        self.sni = sni  # the client's TLS server name, when the listener peeked one
+        self.backend = pool.name
         self.traffic = Traffic()
         self._loop = asyncio.get_running_loop()
         self.client: asyncio.Transport | None = None
@@ -166,7 +191,7 @@ class Relay(asyncio.Protocol):
         client.pause_reading()
         client.set_write_buffer_limits(settings.WRITE_HIGH_WATER, settings.WRITE_LOW_WATER)
         connection_opened(self.listener, self)
-        self.idle = IdleTimer(self._loop, self.spec.pool.timeouts.idle, self._on_idle)
+        self.idle = IdleTimer(self._loop, self.pool.timeouts.idle, self._on_idle)
         self._connecting = aio.spawn(self._connect(), name=f"connect {self.spec.name}")
 
     def data_received(self, data: bytes) -> None:
@@ -210,6 +235,10 @@ class Relay(asyncio.Protocol):
         self.upstream = transport
         self.upstream_open = True
         transport.set_write_buffer_limits(settings.WRITE_HIGH_WATER, settings.WRITE_LOW_WATER)
+        if self.pool.proxy_protocol is not None and self.client is not None:
+            transport.write(
+                proxy_header(self.pool.proxy_protocol, self.client, transport, self.sni)
+            )
         for data in self._early:
             transport.write(data)
         self._early.clear()
@@ -247,9 +276,11 @@ class Relay(asyncio.Protocol):
     # -- connect -------------------------------------------------------------
     async def _connect(self) -> None:
         ctx = self.listener.ctx
-        pool = ctx.pools.get(self.spec.pool)
+        pool = ctx.pools.get(self.pool)
         try:
-            _, _, endpoint = await connect(pool, lambda: _UpstreamProtocol(self), ctx.metrics)
+            _, _, endpoint = await connect(
+                pool, lambda: _UpstreamProtocol(self), ctx.metrics, ctx.tls.client_side
+            )
         except NoEndpointAvailable as exc:
             ctx.metrics.connection_errors.labels(self.spec.name, "no_upstream").inc()
             log.warning(
@@ -278,7 +309,7 @@ class Relay(asyncio.Protocol):
             self.close()
         elif self._half_timer is None:
             self._half_timer = self._loop.call_later(
-                self.spec.pool.timeouts.half_closed, self._on_half_closed_timeout
+                self.pool.timeouts.half_closed, self._on_half_closed_timeout
             )
 
     def _on_half_closed_timeout(self) -> None:

@@ -10,9 +10,8 @@ from __future__ import annotations
 
 import asyncio
 
-from meshgate import settings
 from meshgate.dataplane.builtin import EchoBackend, HelloBackend
-from meshgate.dataplane.listener import Listener
+from meshgate.dataplane.listener import Listener, open_tcp_server
 from meshgate.dataplane.pipe import Relay
 
 
@@ -20,23 +19,16 @@ class TcpListener(Listener):
     _server: asyncio.AbstractServer | None = None
 
     async def _bind(self) -> None:
-        loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(
-            self._accept,
-            self.spec.key.address,
-            self.spec.key.port,
-            backlog=settings.LISTEN_BACKLOG,
-            reuse_address=True,
-        )
+        self._server = await open_tcp_server(self.spec, self._accept)
 
     def _accept(self) -> asyncio.Protocol:
         spec = self.spec
-        builtin = spec.pool.builtin
-        if builtin == "hello":
-            return HelloBackend(self, spec)
-        if builtin == "echo":
-            return EchoBackend(self, spec)
-        return Relay(self, spec)
+        pool = spec.l4_pool
+        if pool.builtin == "hello":
+            return HelloBackend(self, spec, pool)
+        if pool.builtin == "echo":
+            return EchoBackend(self, spec, pool)
+        return Relay(self, spec, pool)
 
     def _stop_accepting(self) -> None:
         if self._server is not None:

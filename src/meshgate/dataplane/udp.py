@@ -185,7 +185,7 @@ class UdpFlow:
     ) -> None:
         self.spec = spec
         self.pool = pool
-        self.backend = spec.pool.name
+        self.backend = spec.l4_pool.name
         self.client = client
         self.traffic = Traffic()
         self.endpoint: EndpointState | None = None  # set once an upstream socket is up
@@ -277,7 +277,7 @@ class UdpFlow:
         looked up again for the next flow.
         """
         loop = self._loop
-        timeout = self.spec.pool.timeouts.connect
+        timeout = self.spec.l4_pool.timeouts.connect
         metrics = self._owner.ctx.metrics
         for ep in self.pool.candidates(loop.time()):
             ep.in_flight += 1
@@ -478,7 +478,7 @@ class UdpListener(Listener):
         loop, side = self._loop, self._side
         if loop is None or side is None:  # not bound: no datagram can arrive
             return None
-        pool = self.ctx.pools.get(spec.pool)
+        pool = self.ctx.pools.get(spec.l4_pool)
         flow = UdpFlow(self, spec, pool, addr, downstream=side, loop=loop)
         self.flows[addr] = flow
         self.track(flow)

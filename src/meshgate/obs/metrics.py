@@ -69,6 +69,18 @@ class Metrics:
         self.table_version = Gauge(
             "meshgate_table_version", "Version of the routing table in use", registry=r
         )
+        self.tls_rejected = Counter(
+            "meshgate_tls_rejected",
+            "TLS connections closed before routing or in the handshake, by reason",
+            ("listener", "reason"),
+            registry=r,
+        )
+        self.tls_handshakes = Counter(
+            "meshgate_tls_handshakes",
+            "TLS handshakes completed by terminating routes, by TLS version",
+            ("listener", "version"),
+            registry=r,
+        )
         self.internal_errors = Counter(
             "meshgate_internal_errors",
             "Unexpected exceptions caught by the event loop (each closed one connection)",

@@ -8,22 +8,28 @@ no checking of its own: the Config has passed `merge.validate` already.
 
 from __future__ import annotations
 
-from meshgate.config.model import Backend, Config, Listener
+from collections.abc import Mapping
+
+from meshgate.config.model import Backend, Certificate, Config, Listener, TlsRoute
 from meshgate.routing.table import (
+    CertRef,
     EndpointAddr,
     ListenerKey,
     ListenerSpec,
     PoolSpec,
     RouteTable,
+    SniRoutes,
     Timeouts,
+    TlsRouteSpec,
     UdpSpec,
+    UpstreamTlsSpec,
 )
 
 
 def compile_table(config: Config, *, version: int, sources: tuple[str, ...] = ()) -> RouteTable:
     """Build the immutable table for `config`, listeners in config order."""
     # One PoolSpec per backend, shared by every listener that uses it.
-    pools = {backend.name: _pool(backend) for backend in config.backends}
+    pools = {backend.name: _pool(backend, config.resolve) for backend in config.backends}
     return RouteTable(
         version=version,
         listeners=tuple(_listener(listener, pools) for listener in config.listeners),
@@ -31,10 +37,14 @@ def compile_table(config: Config, *, version: int, sources: tuple[str, ...] = ()
     )
 
 
-def _pool(backend: Backend) -> PoolSpec:
+def _pool(backend: Backend, resolve: Mapping[str, str]) -> PoolSpec:
+    tls = backend.tls
     return PoolSpec(
         name=backend.name,
-        endpoints=tuple(EndpointAddr(ep.host, ep.port) for ep in backend.endpoints),
+        endpoints=tuple(
+            EndpointAddr(ep.host, ep.port, resolve.get(ep.host.lower().rstrip(".")))
+            for ep in backend.endpoints
+        ),
         balance=backend.balance,
         timeouts=Timeouts(
             connect=backend.timeouts.connect,
@@ -42,23 +52,71 @@ def _pool(backend: Backend) -> PoolSpec:
             half_closed=backend.timeouts.half_closed,
         ),
         builtin=backend.builtin,
+        tls=(
+            UpstreamTlsSpec(tls.sni, tls.ca, tls.insecure_skip_verify, tls.alpn)
+            if tls is not None
+            else None
+        ),
+        proxy_protocol=backend.proxy_protocol,
+    )
+
+
+def _get(pools: dict[str, PoolSpec], name: str, listener: Listener) -> PoolSpec:
+    pool = pools.get(name)
+    if pool is None:
+        # Only reachable when a caller skipped validation: fail loudly, not late.
+        raise ValueError(
+            f"listener {listener.name!r} refers to unknown backend {name!r}; "
+            "validate the config before compiling it"
+        )
+    return pool
+
+
+def _cert(cert: Certificate | None) -> CertRef | None:
+    return CertRef(cert.cert, cert.key) if cert is not None else None
+
+
+def _route(route: TlsRoute, listener: Listener, pools: dict[str, PoolSpec]) -> TlsRouteSpec:
+    cert = route.certificate or listener.tls.default_certificate
+    return TlsRouteSpec(
+        names=route.sni,
+        default=route.default,
+        mode=route.mode,
+        pool=_get(pools, route.backend, listener),
+        cert=_cert(cert) if route.mode == "terminate" else None,
+        alpn=route.alpn,
+    )
+
+
+def _sni_routes(listener: Listener, pools: dict[str, PoolSpec]) -> SniRoutes:
+    routes = tuple(_route(r, listener, pools) for r in listener.routes)
+    exact: dict[str, TlsRouteSpec] = {}
+    wildcard: dict[str, TlsRouteSpec] = {}
+    for route in routes:
+        for name in route.names:
+            # First route naming a server wins, as in config order.
+            if name.startswith("*."):
+                wildcard.setdefault(name[2:], route)
+            else:
+                exact.setdefault(name, route)
+    return SniRoutes(
+        routes=routes,
+        exact=exact,
+        wildcard=wildcard,
+        default=next((r for r in routes if r.default), None),
+        hello_timeout=listener.tls.hello_timeout,
+        max_hello=listener.tls.max_hello,
     )
 
 
 def _listener(listener: Listener, pools: dict[str, PoolSpec]) -> ListenerSpec:
-    pool = pools.get(listener.backend)
-    if pool is None:
-        # Only reachable when a caller skipped validation: fail loudly, not late.
-        raise ValueError(
-            f"listener {listener.name!r} refers to unknown backend {listener.backend!r}; "
-            "validate the config before compiling it"
-        )
     return ListenerSpec(
         key=ListenerKey(listener.address, listener.port, listener.protocol),
         name=listener.name,
-        pool=pool,
+        pool=_get(pools, listener.backend, listener) if listener.backend is not None else None,
         udp=UdpSpec(
             flow_idle_timeout=listener.udp.flow_idle_timeout,
             max_flows=listener.udp.max_flows,
         ),
+        sni=_sni_routes(listener, pools) if listener.protocol == "tls" else None,
     )

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-Protocol = Literal["tcp", "udp"]
+Protocol = Literal["tcp", "udp", "tls"]
 
 
 def hostport(host: str, port: int) -> str:
@@ -34,9 +34,32 @@ class ListenerKey:
 class EndpointAddr:
     host: str  # IP literal or DNS name, resolved at connect time
     port: int
+    address: str | None = None  # a static override of `host` (config `resolve`)
+
+    @property
+    def connect_host(self) -> str:
+        return self.address or self.host
 
     def __str__(self) -> str:
         return hostport(self.host, self.port)
+
+
+@dataclass(frozen=True, slots=True)
+class CertRef:
+    """A certificate chain and key by file path; the data plane loads them."""
+
+    cert: str
+    key: str
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamTlsSpec:
+    """TLS towards the backend: the name sent and checked, and what to trust."""
+
+    sni: str | None  # None: the endpoint's host name (if it is a name)
+    ca: str | None  # None: the system roots
+    insecure_skip_verify: bool
+    alpn: tuple[str, ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +78,8 @@ class PoolSpec:
     balance: str  # round_robin | random | least_conn
     timeouts: Timeouts
     builtin: str | None = None  # "hello" | "echo": answered in-process
+    tls: UpstreamTlsSpec | None = None  # re-originate TLS to the endpoints
+    proxy_protocol: str | None = None  # "v1" | "v2": header sent before any data
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,11 +89,54 @@ class UdpSpec:
 
 
 @dataclass(frozen=True, slots=True)
+class TlsRouteSpec:
+    """Where a TLS connection goes once its ClientHello names a server."""
+
+    names: tuple[str, ...]  # exact names and "*.suffix" wildcards, lower case
+    default: bool
+    mode: str  # passthrough | terminate
+    pool: PoolSpec
+    cert: CertRef | None  # terminate: the certificate presented
+    alpn: tuple[str, ...]  # terminate: protocols offered
+
+
+@dataclass(frozen=True, slots=True)
+class SniRoutes:
+    """A tls listener's routes, indexed for `routing.match.select_sni`."""
+
+    routes: tuple[TlsRouteSpec, ...]
+    exact: dict[str, TlsRouteSpec]
+    wildcard: dict[str, TlsRouteSpec]  # "foo.com" for "*.foo.com"
+    default: TlsRouteSpec | None
+    hello_timeout: float
+    max_hello: int
+
+
+@dataclass(frozen=True, slots=True)
 class ListenerSpec:
     key: ListenerKey
     name: str
-    pool: PoolSpec
+    pool: PoolSpec | None  # tcp, udp
     udp: UdpSpec
+    sni: SniRoutes | None = None  # tls
+
+    @property
+    def l4_pool(self) -> PoolSpec:
+        """The one backend of a tcp or udp listener."""
+        if self.pool is None:
+            raise ValueError(f"{self.key} routes by SNI; it has no single backend")
+        return self.pool
+
+    @property
+    def pools(self) -> tuple[PoolSpec, ...]:
+        if self.pool is not None:
+            return (self.pool,)
+        return tuple(r.pool for r in self.sni.routes) if self.sni else ()
+
+    @property
+    def backend_label(self) -> str:
+        """The backend name for logs and /status ("a|b" for several routes)."""
+        return "|".join(dict.fromkeys(p.name for p in self.pools))
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,7 +160,7 @@ class RouteTable:
 
     @property
     def pools(self) -> dict[str, PoolSpec]:
-        return {spec.pool.name: spec.pool for spec in self.listeners}
+        return {pool.name: pool for spec in self.listeners for pool in spec.pools}
 
     def to_json(self) -> dict[str, Any]:
         """The table as plain JSON data (for /config and `meshgate check`)."""
@@ -105,7 +173,12 @@ class RouteTable:
                     "address": spec.key.address,
                     "port": spec.key.port,
                     "protocol": spec.key.protocol,
-                    "backend": spec.pool.name,
+                    "backend": spec.backend_label,
+                    **(
+                        {"routes": [_route_json(r) for r in spec.sni.routes]}
+                        if spec.sni is not None
+                        else {}
+                    ),
                     **(
                         {
                             "udp": {
@@ -125,6 +198,17 @@ class RouteTable:
                     "endpoints": [str(ep) for ep in pool.endpoints],
                     "builtin": pool.builtin,
                     "balance": pool.balance,
+                    "tls": (
+                        {
+                            "sni": pool.tls.sni,
+                            "ca": pool.tls.ca,
+                            "insecure_skip_verify": pool.tls.insecure_skip_verify,
+                            "alpn": list(pool.tls.alpn),
+                        }
+                        if pool.tls
+                        else None
+                    ),
+                    "proxy_protocol": pool.proxy_protocol,
                     "timeouts": {
                         "connect": pool.timeouts.connect,
                         "idle": pool.timeouts.idle,
@@ -134,3 +218,14 @@ class RouteTable:
                 for pool in self.pools.values()
             ],
         }
+
+
+def _route_json(route: TlsRouteSpec) -> dict[str, Any]:
+    return {
+        "sni": list(route.names),
+        "default": route.default,
+        "mode": route.mode,
+        "backend": route.pool.name,
+        "certificate": route.cert.cert if route.cert else None,
+        "alpn": list(route.alpn),
+    }

@@ -11,11 +11,13 @@ from __future__ import annotations
 import asyncio
 import errno
 import socket
+import ssl
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
 from meshgate.obs.metrics import Metrics
+from meshgate.routing.table import EndpointAddr, PoolSpec
 from meshgate.upstream.pool import EndpointState, Pool
 
 P = TypeVar("P", bound=asyncio.BaseProtocol)
@@ -25,6 +27,10 @@ _UNREACHABLE = {errno.EHOSTUNREACH, errno.ENETUNREACH, errno.EHOSTDOWN}
 
 def failure_reason(exc: BaseException) -> str:
     """A stable, low-cardinality label for why a connect failed."""
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return "tls_verify"
+    if isinstance(exc, ssl.SSLError):
+        return "tls"
     if isinstance(exc, TimeoutError):
         return "timeout"
     if isinstance(exc, socket.gaierror):
@@ -52,24 +58,44 @@ class NoEndpointAvailable(Exception):
         super().__init__(f"backend {backend}: no endpoint accepted the connection: {tried}")
 
 
+# Given an endpoint, the TLS context and server name to connect with (None: plain TCP).
+TlsFor = Callable[[PoolSpec, EndpointAddr], tuple[ssl.SSLContext, str | None] | None]
+
+
+def _plain(pool: PoolSpec, addr: EndpointAddr) -> None:
+    return None
+
+
 async def connect(
-    pool: Pool, factory: Callable[[], P], metrics: Metrics
+    pool: Pool, factory: Callable[[], P], metrics: Metrics, tls_for: TlsFor = _plain
 ) -> tuple[asyncio.Transport, P, EndpointState]:
     """Open a connection to the first endpoint of `pool` that accepts one.
 
-    The caller must decrement `in_flight` of the returned endpoint when the
-    connection ends.
+    With `tls_for` answering a context, the connection is TLS and counts as
+    made only once the handshake (and certificate check) succeeded. The caller
+    must decrement `in_flight` of the returned endpoint when the connection ends.
     """
     loop = asyncio.get_running_loop()
     spec = pool.spec
     attempts: list[Attempt] = []
     for ep in pool.candidates(loop.time()):
         ep.in_flight += 1
+        tls = tls_for(spec, ep.addr)
         try:
             async with asyncio.timeout(spec.timeouts.connect):
-                transport, protocol = await loop.create_connection(
-                    factory, ep.addr.host, ep.addr.port
-                )
+                if tls is None:
+                    transport, protocol = await loop.create_connection(
+                        factory, ep.addr.connect_host, ep.addr.port
+                    )
+                else:
+                    transport, protocol = await loop.create_connection(
+                        factory,
+                        ep.addr.connect_host,
+                        ep.addr.port,
+                        ssl=tls[0],
+                        server_hostname=tls[1] or "",
+                        ssl_handshake_timeout=spec.timeouts.connect,
+                    )
         except (OSError, TimeoutError) as exc:
             ep.in_flight -= 1
             reason = failure_reason(exc)

@@ -107,7 +107,7 @@ def test_udp_listener_with_builtin_backend() -> None:
     config = _config(_listener("d", protocol="udp"), backends=[{"name": "b", "builtin": "hello"}])
     [problem] = _problems(config)
     assert problem.field == "listeners[0].backend"
-    assert "builtin 'hello', which answers TCP only" in problem.reason
+    assert "builtin 'hello', which answers plain TCP only" in problem.reason
 
 
 def test_all_problems_are_collected() -> None:

@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator
 import pytest
 
 from meshgate import settings
+from meshgate.dataplane.certs import TlsStore
 from meshgate.dataplane.listener import BadTransition, Context, State
 from meshgate.dataplane.pipe import Relay
 from meshgate.dataplane.tcp import TcpListener
@@ -56,8 +57,8 @@ def state_of(listener: TcpListener) -> State:
 
 @contextlib.asynccontextmanager
 async def listener_for(spec: ListenerSpec) -> AsyncIterator[TcpListener]:
-    ctx = Context(metrics=Metrics(), pools=PoolRegistry())
-    ctx.pools.reconcile([spec.pool])
+    ctx = Context(metrics=Metrics(), pools=PoolRegistry(), tls=TlsStore())
+    ctx.pools.reconcile([spec.l4_pool])
     listener = TcpListener(spec, ctx)
     await listener.start()
     assert listener.state is State.SERVING
@@ -176,7 +177,7 @@ async def test_bind_failure_is_reported_not_raised() -> None:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         spec = make_spec(1, port=taken.getsockname()[1], builtin="echo")
-        ctx = Context(metrics=Metrics(), pools=PoolRegistry())
+        ctx = Context(metrics=Metrics(), pools=PoolRegistry(), tls=TlsStore())
         listener = TcpListener(spec, ctx)
         await listener.start()
         assert listener.state is State.FAILED

@@ -18,6 +18,7 @@ from typing import Any, cast
 import pytest
 
 from meshgate import settings
+from meshgate.dataplane.certs import TlsStore
 from meshgate.dataplane.listener import Context, State
 from meshgate.dataplane.udp import UdpListener
 from meshgate.obs.metrics import Metrics
@@ -116,7 +117,7 @@ class Net:
     """Opens test peers and listeners, and closes all of them at the end."""
 
     def __init__(self) -> None:
-        self.ctx = Context(metrics=Metrics(), pools=PoolRegistry())
+        self.ctx = Context(metrics=Metrics(), pools=PoolRegistry(), tls=TlsStore())
         self._peers: list[_Endpoint] = []
         self._listeners: list[UdpListener] = []
 
@@ -163,7 +164,7 @@ class Net:
         )
 
     async def listener(self, spec: ListenerSpec, *, start: bool = True) -> UdpListener:
-        self.ctx.pools.reconcile([spec.pool])
+        self.ctx.pools.reconcile([spec.l4_pool])
         listener = UdpListener(spec, self.ctx)
         self._listeners.append(listener)
         if start:
@@ -391,7 +392,7 @@ async def test_refused_upstream_is_counted_and_listener_keeps_serving(net: Net) 
     dead.send(b"x")  # and sending on the refused flow is still harmless
     assert await alive.ask(b"z") == b"A:z"
     assert listener.state is State.SERVING
-    pool = net.ctx.pools.get(listener.spec.pool)
+    pool = net.ctx.pools.get(listener.spec.l4_pool)
     assert pool.endpoints[0].failures >= 1
 
 
@@ -452,7 +453,7 @@ async def test_flow_keeps_its_spec_across_swap(net: Net) -> None:
     assert await one.ask(b"x") == b"A:x"
 
     new = net.spec([await net.echo("B")], backend="other", port=old.key.port)
-    net.ctx.pools.reconcile([old.pool, new.pool])
+    net.ctx.pools.reconcile([old.l4_pool, new.l4_pool])
     listener.swap(new)
     two = await net.client(listener)
 
@@ -531,7 +532,7 @@ async def test_drain_deadline_aborts_flows_and_releases_the_port(net: Net) -> No
     assert not listener.live
     assert not listener.upstream_sockets
     assert net.metric("meshgate_udp_flows_active", listener="dns", backend="upstream") == 0
-    pool = net.ctx.pools.get(listener.spec.pool)
+    pool = net.ctx.pools.get(listener.spec.l4_pool)
     assert [ep.in_flight for ep in pool.endpoints] == [0]
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as again:
         again.bind((LOOPBACK, listener.spec.key.port))  # the port is free again

@@ -64,7 +64,7 @@ def test_pool_spec_carries_endpoints_balance_and_timeouts() -> None:
 
 
 def test_builtin_backend_and_default_timeouts() -> None:
-    hello = compile_table(CONFIG, version=1).listeners[3].pool
+    hello = compile_table(CONFIG, version=1).listeners[3].l4_pool
     assert (hello.builtin, hello.endpoints, hello.balance) == ("hello", (), "round_robin")
     assert hello.timeouts == Timeouts(connect=5.0, idle=3600.0, half_closed=60.0)
 

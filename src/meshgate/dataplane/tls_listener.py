@@ -1,0 +1,146 @@
+"""`tls` listeners: read the ClientHello, pick a route by SNI, then pass the
+connection through untouched, or terminate TLS (and maybe re-originate it).
+
+The hello is parsed by the sans-I/O `protocols.tls_hello` as bytes arrive,
+under a size cap and a deadline. Then the accepted socket changes protocol:
+- passthrough: a Relay, fed the peeked bytes first, so the backend sees the
+  client's own handshake (ssl-passthrough / Traefik `tls.passthrough`);
+- terminate: a TlsTerminator with the route's certificate under a Relay; the
+  Relay's backend gets plaintext, or TLS again when the backend has `tls`
+  (re-origination with its own SNI, verified against its CA).
+Bad or slow hellos and names no route takes are closed and counted by reason
+(`meshgate_tls_rejected_total`); nothing reaches the accept loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+from typing import cast
+
+from meshgate.dataplane.listener import Listener, open_tcp_server
+from meshgate.dataplane.pipe import Relay
+from meshgate.dataplane.tls_terminate import TlsTerminator
+from meshgate.errors import ProtocolError
+from meshgate.protocols.result import NEED_MORE
+from meshgate.protocols.tls_hello import parse_client_hello
+from meshgate.routing.match import select_sni
+from meshgate.routing.table import ListenerSpec, SniRoutes, TlsRouteSpec
+
+log = logging.getLogger("meshgate.tls")
+
+
+class TlsListener(Listener):
+    _server: asyncio.AbstractServer | None = None
+
+    async def _bind(self) -> None:
+        self._server = await open_tcp_server(self.spec, lambda: HelloPeeker(self, self.spec))
+
+    def _stop_accepting(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            self._server = None
+
+    def reject(self, reason: str, client: str, sni: str | None = None) -> None:
+        self.ctx.metrics.tls_rejected.labels(self.spec.name, reason).inc()
+        log.info(
+            "tls connection rejected",
+            extra={
+                "fields": {
+                    "listener": self.spec.name,
+                    "client": client,
+                    "reason": reason,
+                    "sni": sni,
+                }
+            },
+        )
+
+
+class HelloPeeker(asyncio.Protocol):
+    """Buffers the first bytes of a connection until the ClientHello is whole."""
+
+    def __init__(self, listener: TlsListener, spec: ListenerSpec) -> None:
+        assert spec.sni is not None
+        self.listener = listener
+        self.spec = spec
+        self.routes: SniRoutes = spec.sni
+        self.buf = b""
+        self.transport: asyncio.Transport | None = None
+        self.client = "-"
+        self._timer: asyncio.TimerHandle | None = None
+        self._done = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+        peer = transport.get_extra_info("peername")
+        if peer:
+            self.client = f"{peer[0]}:{peer[1]}"
+        loop = asyncio.get_running_loop()
+        self._timer = loop.call_later(self.routes.hello_timeout, self._too_slow)
+
+    def data_received(self, data: bytes) -> None:
+        if self._done:
+            return
+        self.buf += data
+        try:
+            hello = parse_client_hello(self.buf, self.routes.max_hello)
+        except ProtocolError as exc:
+            self._reject(exc.label)
+            return
+        if hello is NEED_MORE:
+            return
+        route = select_sni(self.routes, hello.sni)
+        if route is None:
+            self._reject("unknown_sni" if hello.sni else "no_sni", hello.sni)
+            return
+        self._hand_off(route, hello.sni)
+
+    def _hand_off(self, route: TlsRouteSpec, sni: str | None) -> None:
+        assert self.transport is not None
+        self._finish()
+        transport, listener = self.transport, self.listener
+        relay = Relay(listener, self.spec, route.pool, sni)
+        if route.mode == "passthrough":
+            transport.set_protocol(relay)
+            relay.connection_made(transport)
+            relay.data_received(self.buf)
+            return
+        metrics = listener.ctx.metrics
+
+        def handshake(obj: ssl.SSLObject | None, failure: str | None) -> None:
+            if obj is None:
+                listener.reject("handshake_failed", self.client, sni)
+                log.debug("handshake failed", extra={"fields": {"reason": failure}})
+            else:
+                metrics.tls_handshakes.labels(self.spec.name, obj.version() or "?").inc()
+
+        terminator = TlsTerminator(listener.ctx.tls.server_side(route), relay, handshake)
+        transport.set_protocol(terminator)
+        terminator.connection_made(transport)
+        terminator.data_received(self.buf)
+
+    def _too_slow(self) -> None:
+        self._reject("hello_timeout")
+
+    def eof_received(self) -> bool:
+        self._reject("eof_before_hello")
+        return False
+
+    def _reject(self, reason: str, sni: str | None = None) -> None:
+        if self._done:
+            return
+        self._finish()
+        self.listener.reject(reason, self.client, sni)
+        if self.transport is not None:
+            self.transport.close()
+
+    def _finish(self) -> None:
+        self._done = True
+        if self._timer is not None:
+            self._timer.cancel()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self._done:
+            self._finish()
+            self.listener.reject("closed_before_hello", self.client)
