@@ -7,6 +7,7 @@ http.server and nginx; clients are curl, `openssl s_client` and Python's ssl.
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import socket
 import ssl
@@ -441,3 +442,56 @@ backends:
                 reply += chunk
         # nginx saw the mesh client's own address and port, not meshgate's.
         assert reply.endswith(f"client=127.0.0.1:{local_port}\n".encode())
+
+
+def test_proxy_header_accepted_from_trusted_sources_only(nginx_pp: int, tmp_path: Path) -> None:
+    # front -> (PROXY v2) -> back (accepts from 127.0.0.1) -> (PROXY v1) -> nginx:
+    # nginx must see the original client, two hops away.
+    front, back, closed = free_port(), free_port(), free_port()
+    config = write(
+        tmp_path / "pp.yaml",
+        f"""
+listeners:
+  - {{name: front, address: 127.0.0.1, port: {front}, backend: back}}
+  - name: back
+    address: 127.0.0.1
+    port: {back}
+    backend: nginx
+    proxy_protocol: {{trusted: [127.0.0.1/32], timeout: 500ms}}
+  - name: closed
+    address: 127.0.0.1
+    port: {closed}
+    backend: nginx
+    proxy_protocol: {{trusted: [10.0.0.0/8]}}
+backends:
+  - {{name: back, endpoints: ["127.0.0.1:{back}"], proxy_protocol: v2}}
+  - {{name: nginx, endpoints: ["127.0.0.1:{nginx_pp}"], proxy_protocol: v1}}
+""",
+    )
+
+    def ask(port: int, prefix: bytes = b"") -> tuple[int, bytes]:
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+            s.sendall(prefix + b"GET / HTTP/1.0\r\nHost: x\r\n\r\n")
+            reply = b""
+            # Closing with our request unread makes the kernel send a reset.
+            with contextlib.suppress(ConnectionResetError):
+                while chunk := s.recv(4096):
+                    reply += chunk
+            return s.getsockname()[1], reply
+
+    with running(["-c", str(config)], tmp_path) as mg:
+        local_port, reply = ask(front)
+        assert reply.endswith(f"client=127.0.0.1:{local_port}\n".encode())
+        # A header announcing another client is believed from a trusted source.
+        _, reply = ask(back, b"PROXY TCP4 192.0.2.7 127.0.0.1 4321 80\r\n")
+        assert reply.endswith(b"client=192.0.2.7:4321\n")
+        # No header, or a source outside the trusted ranges: closed, counted.
+        assert ask(back)[1] == b""
+        assert ask(closed, b"PROXY TCP4 192.0.2.7 127.0.0.1 4321 80\r\n")[1] == b""
+        with socket.create_connection(("127.0.0.1", back), timeout=10) as s:
+            assert s.recv(10) == b""  # header deadline
+        assert mg.metric("meshgate_proxy_protocol_rejected_total", reason="no_proxy_header") == 1
+        assert mg.metric("meshgate_proxy_protocol_rejected_total", reason="untrusted_source") == 1
+        assert (
+            mg.metric("meshgate_proxy_protocol_rejected_total", reason="proxy_header_timeout") == 1
+        )

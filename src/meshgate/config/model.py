@@ -215,6 +215,30 @@ class TlsRoute(_Frozen):
         return self
 
 
+def _network(value: object) -> str:
+    try:
+        return str(ipaddress.ip_network(str(value), strict=False))
+    except ValueError:
+        raise ValueError(f"not an address or CIDR range: {value!r}") from None
+
+
+Network = Annotated[str, BeforeValidator(_network)]
+
+
+class ProxyProtocolAccept(_Frozen):
+    """Read a PROXY header (v1 or v2) from clients in `trusted` ranges only."""
+
+    trusted: tuple[Network, ...]
+    timeout: Duration = 5.0
+
+    @field_validator("trusted")
+    @classmethod
+    def _some(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        if not value:
+            raise ValueError("list the address ranges allowed to send a PROXY header")
+        return value
+
+
 class TlsOptions(_Frozen):
     hello_timeout: Duration = 5.0
     max_hello: Annotated[int, Field(ge=512, le=65536, strict=True)] = 16384
@@ -237,9 +261,12 @@ class Listener(_Frozen):
     routes: tuple[TlsRoute, ...] = ()  # tls
     tls: TlsOptions = TlsOptions()
     udp: UdpOptions = UdpOptions()
+    proxy_protocol: ProxyProtocolAccept | None = None  # tcp and tls
 
     @model_validator(mode="after")
     def _shape(self) -> Listener:
+        if self.protocol == "udp" and self.proxy_protocol is not None:
+            raise ValueError("a udp listener cannot read a PROXY header (it is a TCP feature)")
         if self.protocol == "tls":
             if self.backend is not None or not self.routes:
                 raise ValueError("a tls listener takes 'routes' (SNI routes), not 'backend'")

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, cast
 from meshgate import aio, settings
 from meshgate.dataplane.listener import Tracked, Traffic
 from meshgate.protocols.proxy_protocol import encode_v1, encode_v2
-from meshgate.routing.table import ListenerSpec, PoolSpec
+from meshgate.routing.table import ListenerSpec, PoolSpec, hostport
 from meshgate.upstream.connect import NoEndpointAvailable, connect
 from meshgate.upstream.pool import EndpointState
 
@@ -75,7 +75,7 @@ def connection_ended(
 
 
 def proxy_header(
-    version: str, client: asyncio.Transport, upstream: asyncio.Transport, sni: str | None
+    version: str, client: asyncio.Transport, peer: tuple[str, int] | None, sni: str | None
 ) -> bytes:
     """The PROXY header telling the backend who the client really is.
 
@@ -83,7 +83,7 @@ def proxy_header(
     connected to (meshgate's listener). v2 also carries the SNI as
     PP2_TYPE_AUTHORITY. Without addresses (a Unix socket?) v2 says LOCAL.
     """
-    source = client.get_extra_info("peername")
+    source = peer or client.get_extra_info("peername")
     destination = client.get_extra_info("sockname")
     src = (source[0], source[1]) if source else None
     dst = (destination[0], destination[1]) if destination else None
@@ -139,6 +139,7 @@ class Relay(asyncio.Protocol):
         "finished",
         "idle",
         "listener",
+        "peer",
         "pool",
         "reason",
         "sni",
@@ -151,12 +152,18 @@ class Relay(asyncio.Protocol):
     )
 
     def __init__(
-        self, listener: Listener, spec: ListenerSpec, pool: PoolSpec, sni: str | None = None
+        self,
+        listener: Listener,
+        spec: ListenerSpec,
+        pool: PoolSpec,
+        sni: str | None = None,
+        peer: tuple[str, int] | None = None,
     ) -> None:
         self.listener = listener
         self.spec = spec  # the table this connection was accepted with, for its whole life
         self.pool = pool
         self.sni = sni  # the client's TLS server name, when the listener peeked one
+        self.peer = peer  # the client as a PROXY header announced it
         self.backend = pool.name
         self.traffic = Traffic()
         self._loop = asyncio.get_running_loop()
@@ -184,9 +191,9 @@ class Relay(asyncio.Protocol):
         # uvloop's transports implement asyncio.Transport without subclassing it.
         self.client = client = cast(asyncio.Transport, transport)
         self.client_open = True
-        peer = client.get_extra_info("peername")
+        peer = self.peer or client.get_extra_info("peername")
         if peer:
-            self.client_addr = f"{peer[0]}:{peer[1]}"
+            self.client_addr = hostport(peer[0], peer[1])
         # Nothing is read until the upstream is there to take it.
         client.pause_reading()
         client.set_write_buffer_limits(settings.WRITE_HIGH_WATER, settings.WRITE_LOW_WATER)
@@ -237,7 +244,7 @@ class Relay(asyncio.Protocol):
         transport.set_write_buffer_limits(settings.WRITE_HIGH_WATER, settings.WRITE_LOW_WATER)
         if self.pool.proxy_protocol is not None and self.client is not None:
             transport.write(
-                proxy_header(self.pool.proxy_protocol, self.client, transport, self.sni)
+                proxy_header(self.pool.proxy_protocol, self.client, self.peer, self.sni)
             )
         for data in self._early:
             transport.write(data)

@@ -21,12 +21,13 @@ from typing import cast
 
 from meshgate.dataplane.listener import Listener, open_tcp_server
 from meshgate.dataplane.pipe import Relay
+from meshgate.dataplane.proxy_accept import ProxyHeaderReader
 from meshgate.dataplane.tls_terminate import TlsTerminator
 from meshgate.errors import ProtocolError
 from meshgate.protocols.result import NEED_MORE
 from meshgate.protocols.tls_hello import parse_client_hello
 from meshgate.routing.match import select_sni
-from meshgate.routing.table import ListenerSpec, SniRoutes, TlsRouteSpec
+from meshgate.routing.table import ListenerSpec, SniRoutes, TlsRouteSpec, hostport
 
 log = logging.getLogger("meshgate.tls")
 
@@ -35,7 +36,15 @@ class TlsListener(Listener):
     _server: asyncio.AbstractServer | None = None
 
     async def _bind(self) -> None:
-        self._server = await open_tcp_server(self.spec, lambda: HelloPeeker(self, self.spec))
+        self._server = await open_tcp_server(self.spec, self._accept)
+
+    def _accept(self) -> asyncio.Protocol:
+        spec = self.spec
+        if spec.proxy_accept is not None:
+            return ProxyHeaderReader(
+                self, spec.proxy_accept, lambda peer: HelloPeeker(self, spec, peer)
+            )
+        return HelloPeeker(self, spec)
 
     def _stop_accepting(self) -> None:
         if self._server is not None:
@@ -60,8 +69,11 @@ class TlsListener(Listener):
 class HelloPeeker(asyncio.Protocol):
     """Buffers the first bytes of a connection until the ClientHello is whole."""
 
-    def __init__(self, listener: TlsListener, spec: ListenerSpec) -> None:
+    def __init__(
+        self, listener: TlsListener, spec: ListenerSpec, peer: tuple[str, int] | None = None
+    ) -> None:
         assert spec.sni is not None
+        self.peer = peer  # announced by a PROXY header
         self.listener = listener
         self.spec = spec
         self.routes: SniRoutes = spec.sni
@@ -73,9 +85,9 @@ class HelloPeeker(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
-        peer = transport.get_extra_info("peername")
+        peer = self.peer or transport.get_extra_info("peername")
         if peer:
-            self.client = f"{peer[0]}:{peer[1]}"
+            self.client = hostport(peer[0], peer[1])
         loop = asyncio.get_running_loop()
         self._timer = loop.call_later(self.routes.hello_timeout, self._too_slow)
 
@@ -100,7 +112,7 @@ class HelloPeeker(asyncio.Protocol):
         assert self.transport is not None
         self._finish()
         transport, listener = self.transport, self.listener
-        relay = Relay(listener, self.spec, route.pool, sni)
+        relay = Relay(listener, self.spec, route.pool, sni, self.peer)
         if route.mode == "passthrough":
             transport.set_protocol(relay)
             relay.connection_made(transport)

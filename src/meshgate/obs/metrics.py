@@ -81,6 +81,12 @@ class Metrics:
             ("listener", "version"),
             registry=r,
         )
+        self.proxy_protocol_rejected = Counter(
+            "meshgate_proxy_protocol_rejected",
+            "Connections closed while reading a PROXY header, by reason",
+            ("listener", "reason"),
+            registry=r,
+        )
         self.internal_errors = Counter(
             "meshgate_internal_errors",
             "Unexpected exceptions caught by the event loop (each closed one connection)",

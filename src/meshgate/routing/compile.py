@@ -17,6 +17,7 @@ from meshgate.routing.table import (
     ListenerKey,
     ListenerSpec,
     PoolSpec,
+    ProxyAcceptSpec,
     RouteTable,
     SniRoutes,
     Timeouts,
@@ -119,4 +120,9 @@ def _listener(listener: Listener, pools: dict[str, PoolSpec]) -> ListenerSpec:
             max_flows=listener.udp.max_flows,
         ),
         sni=_sni_routes(listener, pools) if listener.protocol == "tls" else None,
+        proxy_accept=(
+            ProxyAcceptSpec(listener.proxy_protocol.trusted, listener.proxy_protocol.timeout)
+            if listener.proxy_protocol is not None
+            else None
+        ),
     )

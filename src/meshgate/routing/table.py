@@ -113,12 +113,21 @@ class SniRoutes:
 
 
 @dataclass(frozen=True, slots=True)
+class ProxyAcceptSpec:
+    """Read a PROXY header first, from these source ranges only."""
+
+    trusted: tuple[str, ...]  # CIDR ranges
+    timeout: float
+
+
+@dataclass(frozen=True, slots=True)
 class ListenerSpec:
     key: ListenerKey
     name: str
     pool: PoolSpec | None  # tcp, udp
     udp: UdpSpec
     sni: SniRoutes | None = None  # tls
+    proxy_accept: ProxyAcceptSpec | None = None
 
     @property
     def l4_pool(self) -> PoolSpec:
@@ -174,6 +183,16 @@ class RouteTable:
                     "port": spec.key.port,
                     "protocol": spec.key.protocol,
                     "backend": spec.backend_label,
+                    **(
+                        {
+                            "proxy_protocol": {
+                                "trusted": list(spec.proxy_accept.trusted),
+                                "timeout": spec.proxy_accept.timeout,
+                            }
+                        }
+                        if spec.proxy_accept is not None
+                        else {}
+                    ),
                     **(
                         {"routes": [_route_json(r) for r in spec.sni.routes]}
                         if spec.sni is not None
