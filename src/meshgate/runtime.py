@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 import time
 from collections.abc import Sequence
@@ -20,7 +21,7 @@ from typing import Any
 from meshgate import aio, settings
 from meshgate.admin import AdminServer
 from meshgate.config.model import Config
-from meshgate.dataplane.certs import CertError, TlsStore
+from meshgate.dataplane.certs import CertError, TlsStore, cert_files
 from meshgate.dataplane.dataplane import Dataplane
 from meshgate.errors import ConfigError
 from meshgate.obs.metrics import Metrics
@@ -29,6 +30,18 @@ from meshgate.routing.table import RouteTable, hostport
 from meshgate.sources import ConfigSource, load_all
 
 log = logging.getLogger("meshgate.runtime")
+
+
+def _stamps(paths: set[str]) -> dict[str, tuple[int, int] | None]:
+    out: dict[str, tuple[int, int] | None] = {}
+    for path in paths:
+        try:
+            st = os.stat(path)
+        except OSError:
+            out[path] = None
+        else:
+            out[path] = (st.st_mtime_ns, st.st_size)
+    return out
 
 
 def check_tls(table: RouteTable) -> None:
@@ -107,12 +120,13 @@ class Runtime:
             extra={"fields": {"version": self.version, "listeners": len(self.table.listeners)}},
         )
         reloader = aio.spawn(self._reload_loop(), name="reload")
+        watcher = aio.spawn(self._watch_certs(), name="watch certificates")
         try:
             await self._stop.wait()
         finally:
             for sig in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT):
                 loop.remove_signal_handler(sig)
-            await aio.cancel_and_wait([reloader])
+            await aio.cancel_and_wait([reloader, watcher])
             log.info(
                 "shutting down", extra={"fields": {"drain_timeout": self.dataplane.drain_timeout}}
             )
@@ -145,6 +159,17 @@ class Runtime:
             self._reload.clear()
             await self.reload()
 
+    async def _watch_certs(self) -> None:
+        """Reload when a certificate, key or CA file the table uses changes."""
+        seen = _stamps(cert_files(self.table))
+        while True:
+            await asyncio.sleep(settings.CERT_POLL_INTERVAL)
+            now = _stamps(cert_files(self.table))
+            if now != seen:
+                seen = now
+                log.info("certificate files changed, reloading")
+                self._reload.set()
+
     async def reload(self) -> bool:
         """Re-read every source and apply the result; keep the old table on error."""
         now = time.time()
@@ -161,9 +186,16 @@ class Runtime:
                     extra={"fields": {"problem": str(problem)}},
                 )
             return False
+        try:
+            failures = await self.dataplane.apply(table)
+        except CertError as exc:  # a file changed again since check_tls
+            self.prom.reloads.labels("rejected").inc()
+            self.last_reload = {"time": now, "result": "rejected", "error": str(exc)}
+            log.error("reload rejected, keeping the running table",
+                      extra={"fields": {"problem": str(exc)}})
+            return False
         self.version += 1
         self.table = table
-        failures = await self.dataplane.apply(table)
         error = "; ".join(f"listener {f.listener}: {f.error}" for f in failures) or None
         self.last_reload = {
             "time": now,

@@ -52,3 +52,9 @@ ADMIN_LISTEN = "127.0.0.1:9901"
 
 # Listen backlog: bursts of new connections from a mesh of many devices.
 LISTEN_BACKLOG = 1024
+
+# Certificate, key and CA files are checked this often for changes (renewal
+# by cert-manager or certbot); a change triggers the same reload as SIGHUP.
+# Polling, not inotify: Kubernetes Secret volumes swap a symlink, which
+# inotify watches on the file itself miss.
+CERT_POLL_INTERVAL = 2.0

@@ -495,3 +495,53 @@ backends:
         assert (
             mg.metric("meshgate_proxy_protocol_rejected_total", reason="proxy_header_timeout") == 1
         )
+
+
+def test_renewed_certificate_files_are_picked_up_without_dropping_connections(
+    peers: Callable[..., Peer], pki: Pki, tmp_path: Path
+) -> None:
+    (tmp_path / "www").mkdir()
+    backend = http_server(peers, tmp_path / "www")
+    old_cert, old_key = pki.issue("old", "svc.example.com", "old.example.com")
+    new_cert, new_key = pki.issue("new", "svc.example.com", "new.example.com")
+    live_cert, live_key = tmp_path / "live.crt", tmp_path / "live.key"
+    live_cert.write_bytes(Path(old_cert).read_bytes())
+    live_key.write_bytes(Path(old_key).read_bytes())
+    port = free_port()
+    config = write(
+        tmp_path / "tls.yaml",
+        f"""
+listeners:
+  - name: edge
+    address: 127.0.0.1
+    port: {port}
+    protocol: tls
+    routes:
+      - default: true
+        mode: terminate
+        certificate: {{cert: {live_cert}, key: {live_key}}}
+        backend: web
+backends:
+  - {{name: web, endpoints: ["127.0.0.1:{backend}"]}}
+""",
+    )
+    with running(["-c", str(config)], tmp_path) as mg:
+        ctx = ssl.create_default_context(cafile=str(pki.ca_file))
+        raw = socket.create_connection(("127.0.0.1", port), timeout=10)
+        held = ctx.wrap_socket(raw, server_hostname="svc.example.com")
+        assert "old.example.com" in str(held.getpeercert())
+        # Renew, as cert-manager would: new files in place.
+        live_key.write_bytes(Path(new_key).read_bytes())
+        live_cert.write_bytes(Path(new_cert).read_bytes())
+        wait_for(
+            lambda: "new.example.com" in peer_names(port, "svc.example.com", pki.ca_file),
+            "renewed certificate served",
+        )
+        assert mg.json("/config")["version"] >= 2
+        # The connection made before the renewal still works.
+        held.sendall(b"GET /index.html HTTP/1.0\r\nHost: svc\r\n\r\n")
+        reply = b""
+        while chunk := held.recv(4096):
+            reply += chunk
+        assert reply.endswith(b"plaintext backend\n")
+        held.close()
