@@ -6,21 +6,46 @@ import re
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
+
+import trustme
+import yaml
 
 README = Path(__file__).parents[2] / "README.md"
 
 
-def test_readme_yaml_example_is_a_valid_config(tmp_path: Path) -> None:
+def _make_tls_files(config: dict[str, Any], root: Path) -> None:
+    """Create the certificate files an example names, so `check` can load them."""
+    ca = trustme.CA()
+    for listener in config.get("listeners", []):
+        for route in listener.get("routes", []):
+            cert = route.get("certificate")
+            if cert:
+                issued = ca.issue_cert(*route.get("sni", ["example.com"]))
+                (root / cert["cert"]).parent.mkdir(parents=True, exist_ok=True)
+                issued.cert_chain_pems[0].write_to_path(str(root / cert["cert"]))
+                issued.private_key_pem.write_to_path(str(root / cert["key"]))
+    for backend in config.get("backends", []):
+        ca_file = (backend.get("tls") or {}).get("ca")
+        if ca_file:
+            (root / ca_file).parent.mkdir(parents=True, exist_ok=True)
+            ca.cert_pem.write_to_path(str(root / ca_file))
+
+
+def test_readme_yaml_examples_are_valid_configs(tmp_path: Path) -> None:
     blocks = re.findall(r"```yaml\n(.*?)```", README.read_text(), re.S)
-    assert blocks, "README has no YAML example"
+    assert len(blocks) >= 2, "README lost its YAML examples"
     for i, block in enumerate(blocks):
-        path = tmp_path / f"example{i}.yaml"
-        path.write_text(block)
+        root = tmp_path / f"example{i}"
+        root.mkdir()
+        (root / "meshgate.yaml").write_text(block)
+        _make_tls_files(yaml.safe_load(block), root)
         result = subprocess.run(
-            [sys.executable, "-m", "meshgate", "check", "-c", str(path)],
+            [sys.executable, "-m", "meshgate", "check", "-c", "meshgate.yaml"],
             capture_output=True,
             text=True,
             check=False,
+            cwd=root,
         )
         assert result.returncode == 0, result.stderr
 
