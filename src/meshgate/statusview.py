@@ -305,9 +305,10 @@ def render_config(table_json: dict[str, Any], console: Console) -> None:
             Text(str(item.get("backend", "?"))),
         )
     _emit(console, listeners)
+    _render_routes(table_json, console)
 
     backends = _table("Backends")
-    for heading in ("name", "balance", "endpoints", "timeouts"):
+    for heading in ("name", "balance", "endpoints", "timeouts", "upstream"):
         backends.add_column(heading, overflow="fold")
     for pool in table_json.get("backends") or []:
         if pool.get("builtin"):
@@ -321,8 +322,49 @@ def render_config(table_json: dict[str, Any], console: Console) -> None:
             Text(str(pool.get("balance", "?"))),
             endpoints,
             Text(_timeouts(pool.get("timeouts") or {})),
+            _upstream(pool),
         )
     _emit(console, backends)
+
+
+def _render_routes(table_json: dict[str, Any], console: Console) -> None:
+    """The SNI routes of tls listeners, in match order within each listener."""
+    routes = _table("TLS routes")
+    for heading in ("listener", "server names", "mode", "certificate", "backend"):
+        routes.add_column(heading, overflow="fold")
+    for item in table_json.get("listeners") or []:
+        for route in item.get("routes") or []:
+            names = ", ".join(route.get("sni") or [])
+            if route.get("default"):
+                names = f"{names}, (default)" if names else "(default)"
+            mode = str(route.get("mode", "?"))
+            if route.get("alpn"):
+                mode += f" alpn {','.join(route['alpn'])}"
+            routes.add_row(
+                Text(str(item.get("name", "?"))),
+                Text(names),
+                Text(mode),
+                Text(str(route.get("certificate") or "-")),
+                Text(str(route.get("backend", "?"))),
+            )
+    if routes.row_count:
+        _emit(console, routes)
+
+
+def _upstream(pool: dict[str, Any]) -> Text:
+    """TLS re-origination and PROXY header settings of a backend, or '-'."""
+    parts: list[str] = []
+    tls = pool.get("tls")
+    if tls:
+        verify = (
+            "NO VERIFY"
+            if tls.get("insecure_skip_verify")
+            else (f"verify with {tls['ca']}" if tls.get("ca") else "verify with system roots")
+        )
+        parts.append(f"tls sni {tls.get('sni') or '(endpoint host)'}, {verify}")
+    if pool.get("proxy_protocol"):
+        parts.append(f"proxy protocol {pool['proxy_protocol']}")
+    return Text("; ".join(parts) or "-", style="bold red" if "NO VERIFY" in str(parts) else "")
 
 
 # -- formatting helpers -----------------------------------------------------

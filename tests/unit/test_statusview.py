@@ -268,3 +268,62 @@ async def test_fetch_json_from_a_real_admin_server() -> None:
             await asyncio.to_thread(fetch_json, admin, "/nope")
     finally:
         await server.stop()
+
+
+def test_render_config_shows_tls_routes_and_upstream_settings() -> None:
+    table = {
+        "version": 4,
+        "sources": ["tls.yaml"],
+        "listeners": [
+            {
+                "name": "edge",
+                "address": "127.0.0.1",
+                "port": 443,
+                "protocol": "tls",
+                "backend": "a|b",
+                "routes": [
+                    {
+                        "sni": ["a.example.com"],
+                        "default": False,
+                        "mode": "passthrough",
+                        "backend": "a",
+                        "certificate": None,
+                        "alpn": [],
+                    },
+                    {
+                        "sni": [],
+                        "default": True,
+                        "mode": "terminate",
+                        "backend": "b",
+                        "certificate": "certs/b.crt",
+                        "alpn": ["h2"],
+                    },
+                ],
+            }
+        ],
+        "backends": [
+            {
+                "name": "b",
+                "balance": "round_robin",
+                "endpoints": ["b.svc:443"],
+                "builtin": None,
+                "timeouts": {"connect": 5, "idle": 60, "half_closed": 5},
+                "tls": {
+                    "sni": "b.example.com",
+                    "ca": None,
+                    "insecure_skip_verify": True,
+                    "alpn": [],
+                },
+                "proxy_protocol": "v2",
+            },
+        ],
+    }
+    console = Console(record=True, width=200)
+    render_config(table, console)
+    text = console.export_text()
+    assert "TLS routes" in text
+    assert "a.example.com" in text
+    assert "(default)" in text
+    assert "terminate alpn h2" in text
+    assert "certs/b.crt" in text
+    assert "tls sni b.example.com, NO VERIFY; proxy protocol v2" in text
