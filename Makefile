@@ -42,5 +42,8 @@ unit: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python bench/l4.py
 
+bench-tls: $(STAMP)
+	$(BIN)/python bench/tls.py
+
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache

@@ -157,6 +157,17 @@ def check_server_name(value: str) -> str:
 ServerName = Annotated[str, BeforeValidator(lambda v: check_server_name(str(v)))]
 
 
+def check_exact_name(value: str) -> str:
+    """A server name without wildcard (what `resolve` and upstream SNI take)."""
+    name = check_server_name(value)
+    if name.startswith("*."):
+        raise ValueError(f"a wildcard cannot be used here: {value!r}; give the exact name")
+    return name
+
+
+ExactName = Annotated[str, BeforeValidator(lambda v: check_exact_name(str(v)))]
+
+
 class Certificate(_Frozen):
     """A certificate chain and its private key, as PEM files."""
 
@@ -168,7 +179,7 @@ class UpstreamTls(_Frozen):
     """Re-originate TLS to the backend (ingress-nginx `proxy-ssl-*`, Traefik
     serversTransport). Verification is on unless spelled out as off."""
 
-    sni: ServerName | None = None  # default: the endpoint's host name
+    sni: ExactName | None = None  # default: the endpoint's host name
     ca: str | None = None  # PEM bundle; default: the system roots
     insecure_skip_verify: bool = False
     alpn: tuple[str, ...] = ()
@@ -314,4 +325,4 @@ class Config(_Frozen):
     drain_timeout: Duration | None = None
     # Static name -> address overrides, used before DNS (Kubernetes hostAliases):
     # lets a re-originating listener reach a name cluster DNS cannot resolve yet.
-    resolve: dict[ServerName, IpAddress] = Field(default_factory=dict)
+    resolve: dict[ExactName, IpAddress] = Field(default_factory=dict)

@@ -123,7 +123,12 @@ def test_tls_option_defaults() -> None:
     config = Config.model_validate(
         {
             "listeners": [
-                {"name": "t", "port": 443, "protocol": "tls", "routes": [{"sni": ["a.b"], "backend": "b"}]}
+                {
+                    "name": "t",
+                    "port": 443,
+                    "protocol": "tls",
+                    "routes": [{"sni": ["a.b"], "backend": "b"}],
+                }
             ],
             "backends": [{"name": "b", "endpoints": ["10.0.0.1:443"]}],
         }
@@ -238,7 +243,12 @@ def test_unvalidated_dangling_route_backend_fails_loudly() -> None:
     config = Config.model_validate(
         {
             "listeners": [
-                {"name": "t", "port": 443, "protocol": "tls", "routes": [{"default": True, "backend": "gone"}]}
+                {
+                    "name": "t",
+                    "port": 443,
+                    "protocol": "tls",
+                    "routes": [{"default": True, "backend": "gone"}],
+                }
             ]
         }
     )

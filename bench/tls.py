@@ -1,0 +1,685 @@
+"""TLS benchmark: handshake-to-first-byte latency through meshgate, on loopback.
+
+One client, one connection at a time: open TCP, do a full TLS handshake (a
+fresh session, never resumed) with SNI, send `GET / HTTP/1.1`, wait for the
+first byte of the response. The time from the start of the connect to that
+byte is one sample. Then the rest of the response is read to its end, untimed,
+so the servers are idle before the next connection.
+
+Contenders, all measured in one run:
+  direct        client -> openssl s_server -www (the TLS origin)
+  passthrough   client -> meshgate tls listener, SNI passthrough route -> the origin
+  haproxy       client -> HAProxy mode tcp, req_ssl_sni routing -> the origin
+  terminate     client -> meshgate terminating route -> nginx, plain HTTP
+  direct-plain  client -> that nginx, terminating TLS itself on a second port
+
+Interleaved per connection: round i makes one connection to each contender,
+starting with contender i mod n, so drift of the machine touches all of them
+alike. Only ratios within one run mean anything.
+
+Boundaries: loopback only; every server runs in its own process group and is
+stopped in a `finally` (see l4.py's `Processes`); each connection has a
+timeout and the whole run a deadline; certificates, configs and logs live in
+a temporary directory removed at the end. Results are printed as a table and
+written to bench/results/tls-<time>.json. Standard library only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import shutil
+import signal
+import socket
+import ssl
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from l4 import NotReady, Processes, Server, meshgate_revision
+
+REPO = Path(__file__).resolve().parent.parent
+RESULTS_DIR = REPO / "bench" / "results"
+LOOPBACK = "127.0.0.1"
+TOOL_PATH = os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/sbin"])
+TOOLS = ("openssl", "nginx", "haproxy")
+
+CONTENDERS = ("direct", "passthrough", "haproxy", "terminate", "direct-plain")
+ABOUT = {
+    "direct": "openssl s_server -www (the TLS origin)",
+    "passthrough": "meshgate tls listener, passthrough route -> the origin",
+    "haproxy": "HAProxy mode tcp, req_ssl_sni -> the origin",
+    "terminate": "meshgate terminating route -> nginx plain HTTP",
+    "direct-plain": "nginx terminating TLS itself (the terminate backend, TLS port)",
+}
+SNI = "bench.meshgate.test"
+REQUEST = f"GET / HTTP/1.1\r\nHost: {SNI}\r\n\r\n".encode()
+# Per connection: connect, handshake, first byte, and the untimed rest each.
+CONNECTION_TIMEOUT = 5.0
+# The rest of a response is read up to this many bytes (s_server -www sends a
+# few KB listing its ciphers; nginx 100 bytes).
+DRAIN_LIMIT = 1 << 20
+MESHGATE_DRAIN = "1"
+# Once the client is done a proxy should hold no connection: it gets this long
+# to close them before the difference is reported as leaked connections.
+CLOSE_GRACE = 2.0
+BODY = "0123456789" * 10
+NOISE = re.compile(r"\[NOTICE\]|^\s*$|^ACCEPT$")
+VERSION = re.compile(r"\d+\.\d+")
+
+
+class MissingTool(Exception):
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class Tools:
+    openssl: str
+    nginx: str
+    haproxy: str
+    meshgate: str
+
+
+def find_tools() -> Tools:
+    found = {name: shutil.which(name, path=TOOL_PATH) for name in TOOLS}
+    venv = REPO / ".venv" / "bin" / "meshgate"
+    found["meshgate"] = str(venv) if venv.exists() else shutil.which("meshgate")
+    missing = sorted(name for name, path in found.items() if path is None)
+    if missing:
+        hint = (
+            " (meshgate: run `make bench-tls`, which creates .venv)"
+            if "meshgate" in missing
+            else ""
+        )
+        raise MissingTool(f"missing: {', '.join(missing)}{hint}")
+    return Tools(**{name: str(path) for name, path in found.items()})
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind((LOOPBACK, 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+# -- certificates and configs ------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class Pki:
+    ca: Path
+    cert: Path  # the leaf for SNI, then nothing else (no chain needed: the CA is trusted)
+    key: Path
+
+
+def make_pki(openssl: str, tmp: Path, key_type: str) -> Pki:
+    """A CA and a leaf for SNI, both made by the openssl CLI (no Python deps)."""
+    newkey = ["-newkey", "rsa:2048"] if key_type == "rsa" else ["-newkey", "ec"]
+    newkey += [] if key_type == "rsa" else ["-pkeyopt", "ec_paramgen_curve:prime256v1"]
+    ca, ca_key = tmp / "ca.crt", tmp / "ca.key"
+    cert, key, csr = tmp / "leaf.crt", tmp / "leaf.key", tmp / "leaf.csr"
+    ext = tmp / "leaf.ext"
+    usage = "digitalSignature,keyEncipherment" if key_type == "rsa" else "digitalSignature"
+    ext.write_text(
+        f"subjectAltName=DNS:{SNI}\nbasicConstraints=critical,CA:FALSE\n"
+        f"keyUsage=critical,{usage}\nextendedKeyUsage=serverAuth\n"
+    )
+    ca_subject, leaf_subject = "/CN=meshgate bench CA", f"/CN={SNI}"
+    steps = [
+        [openssl, "req", "-x509", *newkey, "-nodes", "-keyout", str(ca_key), "-out", str(ca),
+         "-days", "2", "-subj", ca_subject],
+        [openssl, "req", *newkey, "-nodes", "-keyout", str(key), "-out", str(csr),
+         "-subj", leaf_subject],
+        [openssl, "x509", "-req", "-in", str(csr), "-CA", str(ca), "-CAkey", str(ca_key),
+         "-CAcreateserial", "-days", "2", "-extfile", str(ext), "-out", str(cert)],
+    ]  # fmt: skip
+    for argv in steps:
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=30, check=False)
+        if done.returncode != 0:
+            raise NotReady(f"openssl {argv[1]} failed: {done.stderr.strip()[:300]}")
+    return Pki(ca, cert, key)
+
+
+def nginx_conf(tmp: Path, pki: Pki, plain: int, tls: int) -> Path:
+    conf = tmp / "nginx.conf"
+    conf.write_text(
+        f"""daemon off;
+worker_processes 1;
+pid {tmp}/nginx.pid;
+error_log stderr;
+events {{ worker_connections 1024; }}
+http {{
+    access_log off;
+    client_body_temp_path {tmp}/nginx-body;
+    proxy_temp_path {tmp}/nginx-proxy;
+    fastcgi_temp_path {tmp}/nginx-fastcgi;
+    uwsgi_temp_path {tmp}/nginx-uwsgi;
+    scgi_temp_path {tmp}/nginx-scgi;
+    # One response per connection, then close, as s_server -www does.
+    keepalive_timeout 0;
+    server {{
+        listen {LOOPBACK}:{plain};
+        location / {{ return 200 "{BODY}"; }}
+    }}
+    server {{
+        listen {LOOPBACK}:{tls} ssl;
+        server_name {SNI};
+        ssl_certificate {pki.cert};
+        ssl_certificate_key {pki.key};
+        ssl_protocols TLSv1.2 TLSv1.3;
+        location / {{ return 200 "{BODY}"; }}
+    }}
+}}
+"""
+    )
+    return conf
+
+
+def haproxy_conf(tmp: Path, port: int, origin: int) -> Path:
+    conf = tmp / "haproxy.cfg"
+    conf.write_text(
+        f"""global
+    nbthread 1
+    maxconn 4096
+defaults
+    mode tcp
+    timeout connect 5s
+    timeout client 30s
+    timeout server 30s
+frontend fe
+    bind {LOOPBACK}:{port}
+    tcp-request inspect-delay 5s
+    tcp-request content accept if {{ req_ssl_hello_type 1 }}
+    use_backend origin if {{ req_ssl_sni -i {SNI} }}
+backend origin
+    server s1 {LOOPBACK}:{origin}
+"""
+    )
+    return conf
+
+
+def meshgate_conf(tmp: Path, pki: Pki, passthrough: int, terminate: int, ports: Ports) -> Path:
+    conf = tmp / "meshgate.yaml"
+    conf.write_text(
+        f"""listeners:
+  - name: passthrough
+    address: {LOOPBACK}
+    port: {passthrough}
+    protocol: tls
+    routes:
+      - {{sni: [{SNI}], backend: origin}}
+  - name: terminate
+    address: {LOOPBACK}
+    port: {terminate}
+    protocol: tls
+    routes:
+      - sni: [{SNI}]
+        mode: terminate
+        certificate: {{cert: {pki.cert}, key: {pki.key}}}
+        backend: plain
+backends:
+  - {{name: origin, endpoints: ["{LOOPBACK}:{ports.origin}"]}}
+  - {{name: plain, endpoints: ["{LOOPBACK}:{ports.plain}"]}}
+"""
+    )
+    return conf
+
+
+@dataclass(frozen=True, slots=True)
+class Ports:
+    origin: int  # s_server
+    plain: int  # nginx, HTTP
+    nginx_tls: int  # nginx, HTTPS
+    passthrough: int
+    terminate: int
+    haproxy: int
+
+    def of(self, contender: str) -> int:
+        return {
+            "direct": self.origin,
+            "passthrough": self.passthrough,
+            "haproxy": self.haproxy,
+            "terminate": self.terminate,
+            "direct-plain": self.nginx_tls,
+        }[contender]
+
+
+def start_all(
+    procs: Processes, tools: Tools, tmp: Path, pki: Pki
+) -> tuple[Ports, dict[str, Server]]:
+    ports = Ports(*(_free_port() for _ in range(6)))
+    servers: dict[str, Server] = {}
+    s_server = [tools.openssl, "s_server", "-quiet", "-www"]
+    s_server += [
+        "-accept",
+        f"{LOOPBACK}:{ports.origin}",
+        "-cert",
+        str(pki.cert),
+        "-key",
+        str(pki.key),
+    ]
+    servers["s_server"] = procs.start("s_server", s_server, ports.origin)
+    nginx = [tools.nginx, "-p", str(tmp), "-e", "stderr"]
+    nginx += ["-c", str(nginx_conf(tmp, pki, ports.plain, ports.nginx_tls))]
+    servers["nginx"] = procs.start("nginx", nginx, ports.plain)
+    # Log level warning: at info meshgate logs every closed connection.
+    meshgate = [
+        tools.meshgate,
+        "run",
+        "-c",
+        str(meshgate_conf(tmp, pki, ports.passthrough, ports.terminate, ports)),
+    ]
+    meshgate += ["--admin", "off", "--log-level", "warning", "--drain-timeout", MESHGATE_DRAIN]
+    servers["meshgate"] = procs.start("meshgate", meshgate, ports.passthrough)
+    _wait_listening(ports.terminate)  # its second listener
+    haproxy = [tools.haproxy, "-db", "-f", str(haproxy_conf(tmp, ports.haproxy, ports.origin))]
+    servers["haproxy"] = procs.start("haproxy", haproxy, ports.haproxy)
+    return ports, servers
+
+
+def _wait_listening(port: int) -> None:
+    """Until `port` is in LISTEN state on 127.0.0.1 (read from /proc, no probe)."""
+    deadline = time.monotonic() + 10.0
+    while time.monotonic() < deadline:
+        for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+            fields = line.split()
+            if fields[3] == "0A" and fields[1] == f"0100007F:{port:04X}":
+                return
+        time.sleep(0.05)
+    raise NotReady(f"nothing listening on port {port} after 10s")
+
+
+# -- the client --------------------------------------------------------------
+@dataclass(slots=True)
+class Probe:
+    """One connection: its latency, or why it has none."""
+
+    seconds: float | None
+    error: str | None = None
+    version: str | None = None
+    cipher: str | None = None
+    resumed: bool = False
+    status: str = ""  # the response's status line
+    ending: str = ""  # how the rest of the response ended: close_notify, eof, reset, ...
+
+
+def client_context(ca: Path) -> ssl.SSLContext:
+    # The name and chain are verified, as a real client does. No session is
+    # ever passed to wrap_socket, so every handshake is a full one.
+    return ssl.create_default_context(cafile=str(ca))
+
+
+def probe(ctx: ssl.SSLContext, port: int) -> Probe:
+    start = time.perf_counter()
+    try:
+        with socket.create_connection((LOOPBACK, port), timeout=CONNECTION_TIMEOUT) as raw:
+            raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            with ctx.wrap_socket(raw, server_hostname=SNI) as tls:
+                tls.sendall(REQUEST)
+                first = tls.recv(1)
+                elapsed = time.perf_counter() - start
+                if not first:
+                    return Probe(None, "closed before the first response byte")
+                result = Probe(elapsed, None, tls.version(), (tls.cipher() or ("?",))[0])
+                result.resumed = bool(tls.session_reused)
+                head, result.ending = _drain(tls, first)
+                result.status = head.split(b"\r\n", 1)[0].decode(errors="replace")
+                return result
+    except (OSError, ssl.SSLError) as exc:
+        return Probe(None, f"{type(exc).__name__}: {exc}")
+
+
+def _drain(tls: ssl.SSLSocket, first: bytes) -> tuple[bytes, str]:
+    """Read the response to its end (untimed); return its start and how it ended."""
+    head, total = first, len(first)
+    while total < DRAIN_LIMIT:
+        try:
+            chunk = tls.recv(65536)
+        except ssl.SSLEOFError:
+            return head, "eof without close_notify"
+        except ConnectionResetError:
+            return head, "reset"
+        except TimeoutError:
+            return head, "timeout"
+        if not chunk:
+            return head, "close_notify"
+        if len(head) < 200:
+            head += chunk
+        total += len(chunk)
+    return head, "too long"
+
+
+# -- the run -----------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class Plan:
+    connections: int
+    warmup: int
+    deadline: float  # time.monotonic() after which no new round starts
+
+
+@dataclass(slots=True)
+class Outcome:
+    probes: dict[str, list[Probe]] = field(default_factory=lambda: {c: [] for c in CONTENDERS})
+    warmup_errors: list[str] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+    logs: list[str] = field(default_factory=list)
+    rounds: int = 0
+
+
+def smoke(ctx: ssl.SSLContext, ports: Ports) -> list[str]:
+    """One request through each contender: a 200 from the right server."""
+    problems = []
+    for name in CONTENDERS:
+        got = probe(ctx, ports.of(name))
+        if got.error or " 200 " not in got.status + " ":
+            problems.append(f"{name}: smoke request: {got.error or got.status!r}")
+    return problems
+
+
+def measure(ctx: ssl.SSLContext, ports: Ports, plan: Plan, outcome: Outcome) -> None:
+    n = len(CONTENDERS)
+    for _ in range(plan.warmup):
+        for name in CONTENDERS:
+            if (got := probe(ctx, ports.of(name))).error:
+                outcome.warmup_errors.append(f"{name}: {got.error}")
+    for i in range(plan.connections):
+        if time.monotonic() > plan.deadline:
+            outcome.problems.append(
+                f"deadline reached after {i} of {plan.connections} rounds; numbers are partial"
+            )
+            break
+        for name in CONTENDERS[i % n :] + CONTENDERS[: i % n]:
+            outcome.probes[name].append(probe(ctx, ports.of(name)))
+        outcome.rounds = i + 1
+        if (i + 1) % 100 == 0:
+            print(f"  {i + 1}/{plan.connections} rounds", flush=True)
+
+
+def _open_fds(pid: int) -> int:
+    try:
+        return len(os.listdir(f"/proc/{pid}/fd"))
+    except FileNotFoundError:
+        return 0
+
+
+def check_after(servers: dict[str, Server]) -> list[str]:
+    problems = [
+        f"{s.name} exited with code {s.proc.returncode}"
+        for s in servers.values()
+        if s.proc.poll() is not None
+    ]
+    for name in ("meshgate", "haproxy"):
+        server = servers[name]
+        deadline = time.monotonic() + CLOSE_GRACE
+        while (extra := _open_fds(server.proc.pid) - server.idle_fds) > 0:
+            if time.monotonic() >= deadline:
+                problems.append(
+                    f"{name} still holds {extra} more descriptors than when idle, "
+                    f"{CLOSE_GRACE:.0f}s after the client left (leaked connections?)"
+                )
+                break
+            time.sleep(0.1)
+    return problems
+
+
+def server_logs(servers: dict[str, Server]) -> list[str]:
+    out = []
+    for server in servers.values():
+        text = server.log.read_text(errors="replace") if server.log.exists() else ""
+        lines = [line for line in text.splitlines() if not NOISE.search(line)]
+        if lines:
+            shown = "\n".join(f"    {line}" for line in lines[:5])
+            out.append(f"{server.name} logged {len(lines)} line(s):\n{shown}")
+    return out
+
+
+def check_probes(outcome: Outcome) -> None:
+    """Failures, resumed sessions and unlike handshakes make numbers suspect."""
+    handshakes: dict[str, set[tuple[str | None, str | None]]] = {}
+    for name, probes in outcome.probes.items():
+        failed = [p.error for p in probes if p.error]
+        if failed:
+            outcome.problems.append(f"{name}: {len(failed)} failed connection(s), e.g. {failed[0]}")
+        if resumed := sum(p.resumed for p in probes):
+            outcome.problems.append(f"{name}: {resumed} handshake(s) resumed a session")
+        if bad := [p.status for p in probes if not p.error and " 200 " not in p.status + " "]:
+            outcome.problems.append(f"{name}: {len(bad)} response(s) not 200, e.g. {bad[0]!r}")
+        handshakes[name] = {(p.version, p.cipher) for p in probes if not p.error}
+    if len({frozenset(h) for h in handshakes.values()}) > 1:
+        outcome.problems.append(f"contenders negotiated different TLS: {handshakes}")
+
+
+# -- reporting ---------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class Summary:
+    contender: str
+    about: str
+    n: int
+    failed: int
+    p50_ms: float | None
+    p90_ms: float | None
+    p99_ms: float | None
+    vs_direct: float | None  # ratio of medians
+    vs_direct_plain: float | None
+    endings: dict[str, int]
+    tls: list[str]
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return None if a is None or b is None or b == 0 else a / b
+
+
+def summarize(outcome: Outcome) -> list[Summary]:
+    cuts: dict[str, tuple[float, float, float] | None] = {}
+    for name, probes in outcome.probes.items():
+        ms = [p.seconds * 1000 for p in probes if p.seconds is not None]
+        if len(ms) >= 2:
+            q = statistics.quantiles(ms, n=100, method="inclusive")
+            cuts[name] = (statistics.median(ms), q[89], q[98])
+        else:
+            cuts[name] = (ms[0], ms[0], ms[0]) if ms else None
+
+    def p50(name: str) -> float | None:
+        cut = cuts[name]
+        return None if cut is None else cut[0]
+
+    out = []
+    for name, probes in outcome.probes.items():
+        cut = cuts[name]
+        endings: dict[str, int] = {}
+        for p in probes:
+            if not p.error:
+                endings[p.ending] = endings.get(p.ending, 0) + 1
+        out.append(
+            Summary(
+                name,
+                ABOUT[name],
+                len(probes),
+                sum(1 for p in probes if p.error),
+                None if cut is None else cut[0],
+                None if cut is None else cut[1],
+                None if cut is None else cut[2],
+                _ratio(p50(name), p50("direct")),
+                _ratio(p50(name), p50("direct-plain")),
+                endings,
+                sorted({f"{p.version} {p.cipher}" for p in probes if not p.error}),
+            )
+        )
+    return out
+
+
+def _num(value: float | None, digits: int = 2) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def print_table(summaries: list[Summary], outcome: Outcome) -> None:
+    print(
+        f"\nconnect -> TLS handshake -> request -> first response byte, "
+        f"{outcome.rounds} interleaved rounds; ratios are ratios of medians"
+    )
+    print(
+        f"{'contender':<13} {'n':>5} {'fail':>4} {'p50 ms':>8} {'p90 ms':>8} {'p99 ms':>8}"
+        f" {'/direct':>8} {'/direct-plain':>13}"
+    )
+    for s in summaries:
+        print(
+            f"{s.contender:<13} {s.n:>5} {s.failed:>4} {_num(s.p50_ms):>8} {_num(s.p90_ms):>8}"
+            f" {_num(s.p99_ms):>8} {_num(s.vs_direct):>8} {_num(s.vs_direct_plain):>13}"
+        )
+    # How the servers ended the connection after the response (untimed).
+    for s in summaries:
+        if set(s.endings) - {"close_notify"}:
+            print(f"  {s.contender} ended connections: {s.endings}")
+    tls = {s.contender: ", ".join(s.tls) for s in summaries}
+    if len(set(tls.values())) == 1:
+        print(f"every contender negotiated: {next(iter(tls.values()))}")
+    else:
+        for name, text in tls.items():
+            print(f"  {name}: {text}")
+
+
+def tool_versions(tools: Tools) -> dict[str, str]:
+    commands = {
+        "openssl": [tools.openssl, "version"],
+        "nginx": [tools.nginx, "-v"],
+        "haproxy": [tools.haproxy, "-v"],
+        "meshgate": [tools.meshgate, "version"],
+    }
+    versions = {"python-ssl": ssl.OPENSSL_VERSION}
+    for name, argv in commands.items():
+        done = subprocess.run(argv, check=False, capture_output=True, text=True, timeout=10)
+        lines = [line for line in (done.stdout + done.stderr).splitlines() if VERSION.search(line)]
+        versions[name] = lines[0].strip() if lines else "?"
+    return versions
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description="TLS handshake-to-first-byte latency: direct, meshgate passthrough and "
+        "terminate, HAProxy SNI passthrough, nginx; interleaved, on loopback."
+    )
+    parser.add_argument(
+        "--connections", type=int, default=300, help="measured connections per contender (300)"
+    )
+    parser.add_argument(
+        "--warmup", type=int, default=20, help="unmeasured connections per contender first (20)"
+    )
+    parser.add_argument(
+        "--key", choices=["ec", "rsa"], default="ec", help="certificate key: P-256 or RSA 2048"
+    )
+    parser.add_argument(
+        "--max-seconds", type=float, default=300.0, help="stop measuring after this long (300)"
+    )
+    args = parser.parse_args(argv)
+    if args.connections < 1 or args.warmup < 0 or args.max_seconds <= 0:
+        parser.error("--connections must be at least 1, --warmup at least 0")
+    return args
+
+
+def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt
+
+
+def collect(tools: Tools, plan: Plan, key: str, tmp: Path) -> Outcome:
+    outcome = Outcome()
+    procs = Processes(tmp)
+    try:
+        pki = make_pki(tools.openssl, tmp, key)
+        ports, servers = start_all(procs, tools, tmp, pki)
+        ctx = client_context(pki.ca)
+        for problem in smoke(ctx, ports):
+            outcome.problems.append(problem)
+            print(f"  WARNING {problem}", flush=True)
+        print(
+            f"{len(CONTENDERS)} contenders x {plan.connections} connections "
+            f"(+{plan.warmup} warm-up each), interleaved",
+            flush=True,
+        )
+        measure(ctx, ports, plan, outcome)
+        outcome.problems += check_after(servers)
+        # Read before stopping, so shutdown messages do not count.
+        outcome.logs = server_logs(servers)
+    finally:
+        procs.stop_all()
+    check_probes(outcome)
+    if outcome.warmup_errors:
+        outcome.problems.append(
+            f"{len(outcome.warmup_errors)} warm-up connection(s) failed, "
+            f"e.g. {outcome.warmup_errors[0]}"
+        )
+    return outcome
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Exit 0: done, no errors; 1: done, but with warnings; 2: could not run."""
+    args = parse_args(argv)
+    try:
+        tools = find_tools()
+    except MissingTool as exc:
+        print(f"tls.py: cannot run, {exc}", file=sys.stderr)
+        return 2
+    if not Path("/proc/net/tcp").exists():
+        print("tls.py: cannot run: needs Linux (/proc/net/tcp)", file=sys.stderr)
+        return 2
+    signal.signal(signal.SIGTERM, _raise_interrupt)
+    started = time.time()
+    plan = Plan(args.connections, args.warmup, time.monotonic() + args.max_seconds)
+    try:
+        with tempfile.TemporaryDirectory(prefix="meshgate-bench-tls-") as tmpdir:
+            outcome = collect(tools, plan, args.key, Path(tmpdir))
+    except NotReady as exc:
+        print(f"tls.py: a server did not start: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("tls.py: interrupted; every process started was stopped", file=sys.stderr)
+        return 130
+
+    summaries = summarize(outcome)
+    print_table(summaries, outcome)
+    if outcome.problems:
+        print("\nWARNINGS (numbers next to errors are suspect):")
+        for line in outcome.problems:
+            print(f"  {line}")
+    if outcome.logs:
+        print("\nserver logs (besides startup notices):")
+        for line in outcome.logs:
+            print(f"  {line}")
+
+    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(started))
+    out = RESULTS_DIR / f"tls-{stamp}.json"
+    report: dict[str, Any] = {
+        "started": stamp,
+        "seconds": round(time.time() - started, 1),
+        "args": vars(args),
+        "machine": {"cpus": os.cpu_count(), "kernel": platform.release(), "python": sys.version},
+        "tools": tool_versions(tools),
+        "meshgate_revision": meshgate_revision(),
+        "request": REQUEST.decode(),
+        "rounds": outcome.rounds,
+        "summaries": [asdict(s) for s in summaries],
+        "samples_ms": {
+            name: [None if p.seconds is None else round(p.seconds * 1000, 4) for p in probes]
+            for name, probes in outcome.probes.items()
+        },
+        "errors": {
+            name: [p.error for p in probes if p.error] for name, probes in outcome.probes.items()
+        },
+        "warnings": outcome.problems,
+        "server_logs": outcome.logs,
+    }
+    out.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"\nwrote {out.relative_to(REPO)}")
+    return 1 if outcome.problems else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
