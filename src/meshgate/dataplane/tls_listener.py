@@ -19,9 +19,9 @@ import logging
 import ssl
 from typing import cast
 
-from meshgate.dataplane.listener import Listener, open_tcp_server
 from meshgate.dataplane.pipe import Relay
-from meshgate.dataplane.proxy_accept import ProxyHeaderReader
+from meshgate.dataplane.proxy_accept import Peer
+from meshgate.dataplane.stream import StreamListener
 from meshgate.dataplane.tls_terminate import TlsTerminator
 from meshgate.errors import ProtocolError
 from meshgate.protocols.result import NEED_MORE
@@ -32,24 +32,9 @@ from meshgate.routing.table import ListenerSpec, SniRoutes, TlsRouteSpec, hostpo
 log = logging.getLogger("meshgate.tls")
 
 
-class TlsListener(Listener):
-    _server: asyncio.AbstractServer | None = None
-
-    async def _bind(self) -> None:
-        self._server = await open_tcp_server(self.spec, self._accept)
-
-    def _accept(self) -> asyncio.Protocol:
-        spec = self.spec
-        if spec.proxy_accept is not None:
-            return ProxyHeaderReader(
-                self, spec.proxy_accept, lambda peer: HelloPeeker(self, spec, peer)
-            )
-        return HelloPeeker(self, spec)
-
-    def _stop_accepting(self) -> None:
-        if self._server is not None:
-            self._server.close()
-            self._server = None
+class TlsListener(StreamListener):
+    def _serve(self, spec: ListenerSpec, peer: Peer | None) -> asyncio.Protocol:
+        return HelloPeeker(self, spec, peer)
 
     def reject(self, reason: str, client: str, sni: str | None = None) -> None:
         self.ctx.metrics.tls_rejected.labels(self.spec.name, reason).inc()
