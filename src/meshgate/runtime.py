@@ -191,8 +191,10 @@ class Runtime:
         except CertError as exc:  # a file changed again since check_tls
             self.prom.reloads.labels("rejected").inc()
             self.last_reload = {"time": now, "result": "rejected", "error": str(exc)}
-            log.error("reload rejected, keeping the running table",
-                      extra={"fields": {"problem": str(exc)}})
+            log.error(
+                "reload rejected, keeping the running table",
+                extra={"fields": {"problem": str(exc)}},
+            )
             return False
         self.version += 1
         self.table = table
