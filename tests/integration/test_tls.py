@@ -7,6 +7,7 @@ http.server and nginx; clients are curl, `openssl s_client` and Python's ssl.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import signal
 import socket
@@ -19,6 +20,8 @@ from pathlib import Path
 import pytest
 import trustme
 
+from meshgate.protocols.proxy_protocol import parse_proxy_header
+from meshgate.protocols.result import NEED_MORE
 from tests.integration.harness import (
     Meshgate,
     Peer,
@@ -545,3 +548,46 @@ backends:
             reply += chunk
         assert reply.endswith(b"plaintext backend\n")
         held.close()
+
+
+async def test_proxy_v2_carries_the_sni_of_a_passthrough_route(tmp_path: Path) -> None:
+    # The backend reads meshgate's PROXY v2 header itself and reports the
+    # authority (the client's SNI) and the client address it carries.
+    seen: list[tuple[str | None, tuple[str, int] | None]] = []
+
+    async def backend(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        buf = b""
+        while (header := parse_proxy_header(buf)) is NEED_MORE:
+            buf += await reader.read(1024)
+        seen.append((header.authority, header.source))
+        writer.close()
+
+    server = await asyncio.start_server(backend, "127.0.0.1", 0)
+    upstream = server.sockets[0].getsockname()[1]
+    port = free_port()
+    config = write(
+        tmp_path / "tls.yaml",
+        f"""
+listeners:
+  - name: edge
+    address: 127.0.0.1
+    port: {port}
+    protocol: tls
+    routes:
+      - {{sni: ["*.tenants.example.com"], backend: tenants}}
+backends:
+  - {{name: tenants, endpoints: ["127.0.0.1:{upstream}"], proxy_protocol: v2}}
+""",
+    )
+    with running(["-c", str(config)], tmp_path):
+        ctx = ssl.create_default_context()
+        _, writer = await asyncio.open_connection("127.0.0.1", port)
+        local = writer.get_extra_info("sockname")
+        with contextlib.suppress(ssl.SSLError, ConnectionError):
+            await asyncio.wait_for(
+                writer.start_tls(ctx, server_hostname="t7.tenants.example.com"), 10
+            )
+        writer.close()
+    server.close()
+    await server.wait_closed()
+    assert seen == [("t7.tenants.example.com", ("127.0.0.1", local[1]))]
