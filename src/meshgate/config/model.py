@@ -144,8 +144,12 @@ def check_server_name(value: str) -> str:
     name = value.strip().lower().rstrip(".")
     bare = name[2:] if name.startswith("*.") else name
     labels = bare.split(".")
-    ok = 0 < len(bare) <= 253 and all(
-        re.fullmatch(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?", label) for label in labels
+    ok = (
+        0 < len(name) <= 253
+        and all(re.fullmatch(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?", label) for label in labels)
+        # An all-digit last label is an IP address (or a typo of one); SNI
+        # carries host names only (RFC 6066 §3).
+        and not labels[-1].isdigit()
     )
     if not ok or "*" in bare:
         raise ValueError(

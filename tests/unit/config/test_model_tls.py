@@ -338,3 +338,9 @@ def test_sources_agreeing_on_resolve_merge() -> None:
         ]
     )
     assert merged.resolve == {"api.internal": "fd00::7", "db.internal": "10.0.0.3"}
+
+
+@pytest.mark.parametrize("name", ["10.0.0.1", "100.100.0.300"])
+def test_ip_literals_are_not_server_names(name: str) -> None:
+    with pytest.raises(ValueError, match="not a server name"):
+        check_server_name(name)

@@ -125,9 +125,13 @@ LABELS = st.lists(LABEL, min_size=1, max_size=4)
 @st.composite
 def wildcard_and_name(draw: st.DrawFn) -> tuple[list[str], list[str]]:
     """A wildcard suffix and a name that often, but not always, shares it."""
-    suffix = draw(LABELS)
+    # Names end in a label with a letter: an all-digit last label is an IP
+    # address, which is not a server name.
+    suffix = [*draw(LABELS), "test"]
     # Random tails rarely equal the suffix, so make it the tail most of the time.
-    tail = draw(st.one_of(st.just(suffix), LABELS, st.just(suffix[1:])))
+    tail = draw(
+        st.one_of(st.just(suffix), LABELS.map(lambda ls: [*ls, "test"]), st.just(suffix[1:]))
+    )
     head = draw(st.lists(LABEL, max_size=3))
     return suffix, head + tail
 
