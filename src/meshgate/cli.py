@@ -194,6 +194,55 @@ def status(
 
 
 @app.command()
+def bindaddr(
+    wait: Annotated[
+        float,
+        typer.Option(
+            "--wait",
+            metavar="SECONDS",
+            help="Wait this long for a mesh interface to appear (0: look once).",
+        ),
+    ] = 0.0,
+    mesh_interface: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--mesh-interface",
+            metavar="NAME",
+            help="Also accept this interface name as the mesh (repeatable).",
+        ),
+    ] = None,
+) -> None:
+    """Show which mesh address `--bind auto` would use, and why.
+
+    Exits 0 when a mesh interface was found, 1 when only a fallback was.
+    """
+    from meshgate.mesh.bindaddr import PREFERRED_NAMES, choose, explain, fallback_choice
+    from meshgate.mesh.netlink import detect, read_netstate
+
+    extra = tuple(mesh_interface or ())
+    if wait > 0:
+        mlog.setup("text", "warning")
+        choice = uvloop.run(detect(wait=wait, extra=extra))
+        state = read_netstate()
+    else:
+        state = read_netstate()
+        routes = state.default_route_addresses
+        choice = choose(
+            state.ifaces, extra=extra, default_route_addresses=routes
+        ) or fallback_choice(state.ifaces, routes)
+    for line in explain(
+        state.ifaces,
+        choice,
+        preferred=PREFERRED_NAMES,
+        extra=extra,
+        default_route_addresses=state.default_route_addresses,
+    ):
+        sys.stdout.write(line + "\n")
+    if choice.fallback:
+        raise typer.Exit(1)
+
+
+@app.command()
 def version() -> None:
     """Print the version."""
     sys.stdout.write(f"meshgate {__version__}\n")
