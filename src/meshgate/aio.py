@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 from collections.abc import Coroutine
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 T = TypeVar("T")
 log = logging.getLogger("meshgate.aio")
@@ -40,3 +41,39 @@ async def cancel_and_wait(tasks: list[asyncio.Task[Any]]) -> None:
         task.cancel()
     if tasks:
         await asyncio.gather(*tasks, return_exceptions=True)
+
+
+class Abandonable(Protocol):
+    """A datagram protocol that can close its transport, now or once made."""
+
+    def abandon(self) -> None: ...
+
+
+A = TypeVar("A", bound=Abandonable)
+
+
+async def adopt_datagram(loop: asyncio.AbstractEventLoop, sock: socket.socket, side: A) -> A:
+    """Hand `sock` to a datagram transport whose protocol is `side`.
+
+    Sockets are made by the caller because uvloop's create_datagram_endpoint
+    leaks the transport it made when bind or connect fails, and when it is
+    cancelled while waiting for connection_made. Here the socket is closed on
+    every failure: by us before the transport owns it, by `side` after.
+    """
+    handed = False
+
+    def factory() -> A:
+        nonlocal handed
+        handed = True  # from here on the transport owns the socket
+        return side
+
+    try:
+        # `side` is a DatagramProtocol in every caller; the Protocol type cannot say so.
+        await loop.create_datagram_endpoint(factory, sock=sock)  # type: ignore[type-var]
+    except BaseException:
+        if handed:
+            side.abandon()
+        else:
+            sock.close()
+        raise
+    return side

@@ -17,7 +17,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
-from meshgate.config.model import Backend, Config, Listener
+from meshgate.config.model import AUTO, Backend, Config, Listener
 from meshgate.errors import ConfigError, ConfigProblem
 
 T = TypeVar("T")
@@ -33,6 +33,11 @@ def listeners_overlap(a: Listener, b: Listener) -> bool:
     # tcp and tls listeners are both TCP sockets; udp ones are not.
     if (a.protocol == "udp") != (b.protocol == "udp") or a.port != b.port:
         return False
+    if AUTO in (a.address, b.address):
+        # The mesh address is known only at run time: it clashes with itself
+        # and with any wildcard, never with a fixed address of another interface.
+        other = b.address if a.address == AUTO else a.address
+        return other == AUTO or ipaddress.ip_address(other).is_unspecified
     ip_a, ip_b = ipaddress.ip_address(a.address), ipaddress.ip_address(b.address)
     if ip_a.version != ip_b.version:
         return False
@@ -204,6 +209,7 @@ def merge(parts: Sequence[tuple[str, Config]]) -> Config:
 
     admin = _one_value("admin", [(s, c.admin) for s, c in parts], problems)
     drain = _one_value("drain_timeout", [(s, c.drain_timeout) for s, c in parts], problems)
+    mesh = _one_value("mesh", [(s, c.mesh) for s, c in parts], problems)
     resolve: dict[str, str] = {}
     resolve_origin: dict[str, str] = {}
     for source, config in parts:
@@ -223,6 +229,7 @@ def merge(parts: Sequence[tuple[str, Config]]) -> Config:
         admin=admin,
         drain_timeout=drain,
         resolve=resolve,
+        mesh=mesh,
     )
 
 

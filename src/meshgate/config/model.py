@@ -25,6 +25,9 @@ from pydantic import (
 )
 
 Protocol = Literal["tcp", "udp", "tls"]
+
+# A listen address meaning "the mesh interface's addresses, as detected".
+AUTO = "auto"
 TlsMode = Literal["passthrough", "terminate"]
 ProxyVersion = Literal["v1", "v2"]
 Balance = Literal["round_robin", "random", "least_conn"]
@@ -314,10 +317,21 @@ class Listener(_Frozen):
     @field_validator("address")
     @classmethod
     def _ip(cls, value: str) -> str:
+        if value.strip().lower() == AUTO:
+            return AUTO
         try:
             return str(ipaddress.ip_address(value))
         except ValueError:
-            raise ValueError(f"listen address must be an IP address, got {value!r}") from None
+            raise ValueError(
+                f"listen address must be an IP address or 'auto' (the mesh address), got {value!r}"
+            ) from None
+
+
+class MeshOptions(_Frozen):
+    """How `address: auto` finds the mesh address."""
+
+    interfaces: tuple[str, ...] = ()  # accepted besides netmaker, wg0, wg1
+    bind_wait: Duration = 60.0
 
 
 class Config(_Frozen):
@@ -330,3 +344,4 @@ class Config(_Frozen):
     # Static name -> address overrides, used before DNS (Kubernetes hostAliases):
     # lets a re-originating listener reach a name cluster DNS cannot resolve yet.
     resolve: dict[ExactName, IpAddress] = Field(default_factory=dict)
+    mesh: MeshOptions | None = None

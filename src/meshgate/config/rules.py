@@ -20,6 +20,7 @@ from typing import Literal
 
 from meshgate.config.merge import listeners_overlap
 from meshgate.config.model import (
+    AUTO,
     Backend,
     Config,
     Endpoint,
@@ -147,10 +148,12 @@ class _Group:
 
 def _address(text: str, flag: str, problems: list[ConfigProblem]) -> str:
     """The normalised listen address; a bad one is reported and returned as is."""
+    if text.strip().lower() == AUTO:
+        return AUTO
     try:
         return str(ipaddress.ip_address(text))
     except ValueError:
-        reason = f"listen address must be an IP address, got {text!r}"
+        reason = f"listen address must be an IP address or 'auto', got {text!r}"
         problems.append(ConfigProblem(flag, text, flag.lstrip("-").replace("-", "_"), reason))
         return text
 

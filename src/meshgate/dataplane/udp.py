@@ -26,10 +26,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
-from typing import Any, TypeVar, cast
+from typing import Any, cast
 
 from meshgate import settings
-from meshgate.aio import cancel_and_wait, spawn
+from meshgate.aio import adopt_datagram, cancel_and_wait, spawn
 from meshgate.dataplane.listener import Context, Listener, Traffic
 from meshgate.routing.table import EndpointAddr, ListenerSpec, hostport
 from meshgate.upstream.connect import failure_reason
@@ -92,35 +92,6 @@ class _Side(asyncio.DatagramProtocol):
         self._abandoned = True
         if self.transport is not None:
             self.transport.close()
-
-
-S = TypeVar("S", bound=_Side)
-
-
-async def _adopt(loop: asyncio.AbstractEventLoop, sock: socket.socket, side: S) -> S:
-    """Hand `sock` to a datagram transport whose protocol is `side`.
-
-    Meshgate makes its sockets itself because uvloop's create_datagram_endpoint
-    leaks the transport it made when bind or connect fails, and when it is
-    cancelled while waiting for connection_made. Here the socket is closed on
-    every failure: by us before the transport owns it, by `side` after.
-    """
-    handed = False
-
-    def factory() -> S:
-        nonlocal handed
-        handed = True  # from here on the transport owns the socket
-        return side
-
-    try:
-        await loop.create_datagram_endpoint(factory, sock=sock)
-    except BaseException:
-        if handed:
-            side.abandon()
-        else:
-            sock.close()
-        raise
-    return side
 
 
 async def _connected_socket(loop: asyncio.AbstractEventLoop, addr: EndpointAddr) -> socket.socket:
@@ -285,7 +256,7 @@ class UdpFlow:
             try:
                 async with asyncio.timeout(timeout):
                     sock = await _connected_socket(loop, ep.addr)
-                    await _adopt(loop, sock, side)
+                    await adopt_datagram(loop, sock, side)
             except Exception as exc:
                 # Refused socket, DNS failure, timeout, or a name IDNA cannot
                 # encode (UnicodeError): all this endpoint's failure, not the flow's.
@@ -427,7 +398,7 @@ class UdpListener(Listener):
         except BaseException:
             sock.close()
             raise
-        self._side = await _adopt(loop, sock, _ClientSide(self, loop))
+        self._side = await adopt_datagram(loop, sock, _ClientSide(self, loop))
         self._loop = loop
 
     def _stop_accepting(self) -> None:

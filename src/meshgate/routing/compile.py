@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from meshgate.config.model import Backend, Certificate, Config, Listener, TlsRoute
+from meshgate.config.model import AUTO, Backend, Certificate, Config, Listener, TlsRoute
 from meshgate.routing.table import (
     CertRef,
     EndpointAddr,
@@ -27,15 +27,37 @@ from meshgate.routing.table import (
 )
 
 
-def compile_table(config: Config, *, version: int, sources: tuple[str, ...] = ()) -> RouteTable:
-    """Build the immutable table for `config`, listeners in config order."""
+def compile_table(
+    config: Config,
+    *,
+    version: int,
+    sources: tuple[str, ...] = (),
+    mesh_addresses: tuple[str, ...] = (),
+) -> RouteTable:
+    """Build the immutable table for `config`, listeners in config order.
+
+    A listener on `auto` becomes one listener per detected mesh address (IPv4
+    and IPv6); when the mesh address changes, the runtime compiles again and
+    the new keys make the data plane move those listeners.
+    """
     # One PoolSpec per backend, shared by every listener that uses it.
     pools = {backend.name: _pool(backend, config.resolve) for backend in config.backends}
-    return RouteTable(
-        version=version,
-        listeners=tuple(_listener(listener, pools) for listener in config.listeners),
-        sources=sources,
-    )
+    listeners: list[ListenerSpec] = []
+    for listener in config.listeners:
+        if listener.address != AUTO:
+            listeners.append(_listener(listener, listener.address, pools))
+            continue
+        if not mesh_addresses:
+            raise ValueError(
+                f"listener {listener.name!r} binds 'auto' but no mesh address was detected"
+            )
+        listeners.extend(_listener(listener, address, pools) for address in mesh_addresses)
+    return RouteTable(version=version, listeners=tuple(listeners), sources=sources)
+
+
+def needs_mesh(config: Config) -> bool:
+    """Whether some listener binds the detected mesh address."""
+    return any(listener.address == AUTO for listener in config.listeners)
 
 
 def _pool(backend: Backend, resolve: Mapping[str, str]) -> PoolSpec:
@@ -110,9 +132,9 @@ def _sni_routes(listener: Listener, pools: dict[str, PoolSpec]) -> SniRoutes:
     )
 
 
-def _listener(listener: Listener, pools: dict[str, PoolSpec]) -> ListenerSpec:
+def _listener(listener: Listener, address: str, pools: dict[str, PoolSpec]) -> ListenerSpec:
     return ListenerSpec(
-        key=ListenerKey(listener.address, listener.port, listener.protocol),
+        key=ListenerKey(address, listener.port, listener.protocol),
         name=listener.name,
         pool=_get(pools, listener.backend, listener) if listener.backend is not None else None,
         udp=UdpSpec(

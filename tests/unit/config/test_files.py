@@ -108,7 +108,8 @@ def test_unknown_top_level_key_lists_the_allowed_ones() -> None:
     assert problem.object == ""
     assert problem.field == "xyzzy"
     assert problem.reason == (
-        "unknown key 'xyzzy'; expected one of: listeners, backends, admin, drain_timeout, resolve"
+        "unknown key 'xyzzy'; expected one of: "
+        "listeners, backends, admin, drain_timeout, resolve, mesh"
     )
     assert problem.line == 2
 

@@ -215,9 +215,11 @@ def test_every_bad_rule_is_reported_at_once() -> None:
 
 def test_bad_bind_address_is_reported_with_the_rules() -> None:
     with pytest.raises(ConfigError) as caught:
-        rules_to_config(["tcp:80:web:80"], ["tcp:0:x:1"], bind="auto", cluster_bind="::")
+        rules_to_config(["tcp:80:web:80"], ["tcp:0:x:1"], bind="mesh0", cluster_bind="::")
     assert caught.value.problems == (
-        ConfigProblem("--bind", "auto", "bind", "listen address must be an IP address, got 'auto'"),
+        ConfigProblem(
+            "--bind", "mesh0", "bind", "listen address must be an IP address or 'auto', got 'mesh0'"
+        ),
         ConfigProblem("--egress", "tcp:0:x:1", "listen_port", "port 0 out of range 1-65535"),
     )
 
@@ -258,3 +260,8 @@ def test_ingress_and_egress_on_distinct_sockets_are_fine(
 ) -> None:
     config = rules_to_config([ingress], [egress], bind=bind, cluster_bind=cluster_bind)
     assert len(config.listeners) == 2
+
+
+def test_bind_auto_is_kept_for_the_runtime_to_detect() -> None:
+    config = rules_to_config(["tcp:80:web:80"], [], bind="AUTO")
+    assert config.listeners[0].address == "auto"
