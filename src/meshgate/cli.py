@@ -17,8 +17,9 @@ from rich.console import Console
 
 from meshgate import __version__
 from meshgate.admin import parse_listen
-from meshgate.config.model import Config
+from meshgate.config.model import AUTO, Config
 from meshgate.errors import ConfigError
+from meshgate.mesh.bindaddr import BIND_WAIT
 from meshgate.obs import logging as mlog
 from meshgate.routing.compile import compile_table
 from meshgate.runtime import Runtime, RuntimeOptions, StartupError, check_tls, resolve_options
@@ -56,7 +57,33 @@ Files = Annotated[
     list[str] | None,
     typer.Option("--config", "-c", metavar="FILE", help="YAML config file (repeatable)."),
 ]
-Bind = Annotated[str, typer.Option("--bind", metavar="IP", help="Address ingress rules listen on.")]
+Bind = Annotated[
+    str,
+    typer.Option(
+        "--bind",
+        metavar="IP|auto",
+        help="Address ingress rules listen on; 'auto' detects the mesh interface "
+        "(netmaker, wg0, wg1, --mesh-interface, then any WireGuard/point-to-point one) "
+        "and follows its address changes.",
+    ),
+]
+MeshInterface = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--mesh-interface",
+        metavar="NAME",
+        help="With 'auto': also accept this interface as the mesh (repeatable).",
+    ),
+]
+BindWait = Annotated[
+    float | None,
+    typer.Option(
+        "--bind-wait",
+        metavar="SECONDS",
+        help="With 'auto': how long to wait at start for the mesh interface before "
+        "falling back to a private address (default 60).",
+    ),
+]
 ClusterBind = Annotated[
     str, typer.Option("--cluster-bind", metavar="IP", help="Address egress rules listen on.")
 ]
@@ -88,7 +115,7 @@ def _load_or_exit(sources: list[ConfigSource]) -> Config:
         raise typer.Exit(2)
     try:
         config = load_all(sources)
-        check_tls(compile_table(config, version=0))
+        check_tls(compile_table(config, version=0, mesh_addresses=(AUTO,)))
     except ConfigError as exc:
         err.print(f"meshgate: invalid configuration ({len(exc.problems)} problem(s)):")
         for problem in exc.problems:
@@ -128,6 +155,8 @@ def run(
     log_level: Annotated[
         str, typer.Option("--log-level", help="debug, info, warning, error.")
     ] = "info",
+    mesh_interface: MeshInterface = None,
+    bind_wait: BindWait = None,
 ) -> None:
     """Run the data plane: listen, route and forward until SIGTERM (SIGHUP reloads)."""
     mlog.setup(log_format, log_level)
@@ -139,7 +168,13 @@ def run(
     except ValueError as exc:
         Console(stderr=True).print(f"meshgate: --admin: {exc}", markup=False)
         raise typer.Exit(2) from None
-    options = RuntimeOptions(admin=admin_addr, drain_timeout=drain)
+    mesh = cfg.mesh
+    options = RuntimeOptions(
+        admin=admin_addr,
+        drain_timeout=drain,
+        mesh_interfaces=tuple(mesh_interface or (mesh.interfaces if mesh else ())),
+        bind_wait=bind_wait if bind_wait is not None else (mesh.bind_wait if mesh else BIND_WAIT),
+    )
 
     async def main() -> None:
         await Runtime(sources, cfg, options).serve()
@@ -165,7 +200,9 @@ def check(
 
     sources = _sources(ingress, egress, config, bind, cluster_bind)
     cfg = _load_or_exit(sources)
-    table = compile_table(cfg, version=1, sources=tuple(s.name for s in sources))
+    table = compile_table(
+        cfg, version=1, sources=tuple(s.name for s in sources), mesh_addresses=(AUTO,)
+    )
     if as_json:
         sys.stdout.write(json.dumps(table.to_json(), indent=2) + "\n")
     else:

@@ -24,8 +24,10 @@ from meshgate.config.model import Config
 from meshgate.dataplane.certs import CertError, TlsStore, cert_files
 from meshgate.dataplane.dataplane import Dataplane
 from meshgate.errors import ConfigError
+from meshgate.mesh.bindaddr import BIND_WAIT, BindChoice, choose, fallback_choice
+from meshgate.mesh.netlink import AddressWatch, detect, netstate
 from meshgate.obs.metrics import Metrics
-from meshgate.routing.compile import compile_table
+from meshgate.routing.compile import compile_table, needs_mesh
 from meshgate.routing.table import RouteTable, hostport
 from meshgate.sources import ConfigSource, load_all
 
@@ -61,6 +63,8 @@ class StartupError(Exception):
 class RuntimeOptions:
     admin: tuple[str, int] | None  # None: no admin server
     drain_timeout: float
+    mesh_interfaces: tuple[str, ...] = ()  # accepted besides netmaker, wg0, wg1
+    bind_wait: float = BIND_WAIT  # how long `auto` waits for the mesh at start
 
 
 def resolve_options(
@@ -82,9 +86,10 @@ class Runtime:
         self.options = options
         self.started = time.time()
         self.version = 1
-        self.table: RouteTable = compile_table(
-            config, version=self.version, sources=self.source_names
-        )
+        self.current_config = config
+        # The detected mesh binding, when some listener binds `auto`.
+        self.mesh: BindChoice | None = None
+        self.table: RouteTable = RouteTable(version=0, listeners=())
         self.last_reload: dict[str, Any] = {"time": self.started, "result": "ok", "error": None}
         self.admin_address: str | None = None
         self._stop = asyncio.Event()
@@ -95,7 +100,19 @@ class Runtime:
         return tuple(source.name for source in self.sources)
 
     # -- serving --------------------------------------------------------------
+    def _compile(self, config: Config, version: int) -> RouteTable:
+        addresses = self.mesh.addresses if self.mesh is not None else ()
+        return compile_table(
+            config, version=version, sources=self.source_names, mesh_addresses=addresses
+        )
+
     async def serve(self) -> None:
+        if needs_mesh(self.current_config):
+            self.mesh = await detect(
+                wait=self.options.bind_wait, extra=self.options.mesh_interfaces
+            )
+            self._log_mesh("mesh address")
+        self.table = self._compile(self.current_config, self.version)
         failures = await self.dataplane.apply(self.table)
         if failures:
             await self.dataplane.shutdown()
@@ -120,13 +137,15 @@ class Runtime:
             extra={"fields": {"version": self.version, "listeners": len(self.table.listeners)}},
         )
         reloader = aio.spawn(self._reload_loop(), name="reload")
-        watcher = aio.spawn(self._watch_certs(), name="watch certificates")
+        watchers = [aio.spawn(self._watch_certs(), name="watch certificates")]
+        if self.mesh is not None:
+            watchers.append(aio.spawn(self._follow_mesh(), name="follow mesh address"))
         try:
             await self._stop.wait()
         finally:
             for sig in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT):
                 loop.remove_signal_handler(sig)
-            await aio.cancel_and_wait([reloader, watcher])
+            await aio.cancel_and_wait([reloader, *watchers])
             log.info(
                 "shutting down", extra={"fields": {"drain_timeout": self.dataplane.drain_timeout}}
             )
@@ -134,6 +153,39 @@ class Runtime:
             if admin is not None:
                 await admin.stop()
             log.info("stopped")
+
+    def _log_mesh(self, event: str) -> None:
+        assert self.mesh is not None
+        fields = {
+            "addresses": ",".join(self.mesh.addresses),
+            "interface": self.mesh.interface or "-",
+            "reason": self.mesh.reason,
+        }
+        if self.mesh.fallback:
+            log.warning(event + " (fallback)", extra={"fields": fields})
+        else:
+            log.info(event, extra={"fields": fields})
+
+    async def _follow_mesh(self) -> None:
+        """Move `auto` listeners when the mesh address changes (no restart):
+        new sockets on the new address, the old ones drain."""
+        with AddressWatch() as watch:
+            async for _ in watch:
+                state = await netstate()
+                choice = choose(
+                    state.ifaces,
+                    extra=self.options.mesh_interfaces,
+                    default_route_addresses=state.default_route_addresses,
+                )
+                # No mesh interface right now (it is being replaced?): keep
+                # what is bound until one qualifies again.
+                if choice is None or (
+                    self.mesh is not None and choice.addresses == self.mesh.addresses
+                ):
+                    continue
+                self.mesh = choice
+                self._log_mesh("mesh address changed")
+                await self._apply_config(self.current_config, "mesh address changed")
 
     def _loop_error(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
         # A bug in a protocol callback: the loop has already closed that one
@@ -172,41 +224,53 @@ class Runtime:
 
     async def reload(self) -> bool:
         """Re-read every source and apply the result; keep the old table on error."""
-        now = time.time()
         try:
             config = load_all(self.sources)
-            table = compile_table(config, version=self.version + 1, sources=self.source_names)
-            check_tls(table)
         except ConfigError as exc:
-            self.prom.reloads.labels("rejected").inc()
-            self.last_reload = {"time": now, "result": "rejected", "error": str(exc)}
-            for problem in exc.problems:
-                log.error(
-                    "reload rejected, keeping the running table",
-                    extra={"fields": {"problem": str(problem)}},
-                )
+            self._rejected(exc)
             return False
-        try:
-            failures = await self.dataplane.apply(table)
-        except CertError as exc:  # a file changed again since check_tls
-            self.prom.reloads.labels("rejected").inc()
-            self.last_reload = {"time": now, "result": "rejected", "error": str(exc)}
+        if needs_mesh(config) and self.mesh is None:
+            # A reload added the first `auto` listener: look once, no waiting.
+            state = await netstate()
+            routes = state.default_route_addresses
+            self.mesh = choose(
+                state.ifaces, extra=self.options.mesh_interfaces, default_route_addresses=routes
+            ) or fallback_choice(state.ifaces, routes)
+            self._log_mesh("mesh address")
+        return await self._apply_config(config, "reloaded")
+
+    def _rejected(self, exc: ConfigError | CertError) -> None:
+        self.prom.reloads.labels("rejected").inc()
+        self.last_reload = {"time": time.time(), "result": "rejected", "error": str(exc)}
+        problems = exc.problems if isinstance(exc, ConfigError) else (exc,)
+        for problem in problems:
             log.error(
                 "reload rejected, keeping the running table",
-                extra={"fields": {"problem": str(exc)}},
+                extra={"fields": {"problem": str(problem)}},
             )
+
+    async def _apply_config(self, config: Config, event: str) -> bool:
+        """Compile `config` as the next version and apply it; on a certificate
+        problem nothing changes."""
+        try:
+            table = self._compile(config, self.version + 1)
+            check_tls(table)
+            failures = await self.dataplane.apply(table)
+        except ConfigError as exc:
+            self._rejected(exc)
+            return False
+        except CertError as exc:  # a file changed again since check_tls
+            self._rejected(exc)
             return False
         self.version += 1
         self.table = table
+        self.current_config = config
         error = "; ".join(f"listener {f.listener}: {f.error}" for f in failures) or None
-        self.last_reload = {
-            "time": now,
-            "result": "ok" if not failures else "partial",
-            "error": error,
-        }
-        self.prom.reloads.labels("ok" if not failures else "partial").inc()
+        result = "ok" if not failures else "partial"
+        self.last_reload = {"time": time.time(), "result": result, "error": error}
+        self.prom.reloads.labels(result).inc()
         log.info(
-            "reloaded",
+            event,
             extra={
                 "fields": {
                     "version": self.version,
@@ -220,9 +284,26 @@ class Runtime:
     # -- AdminState -----------------------------------------------------------
     def ready(self) -> tuple[bool, dict[str, Any]]:
         ok, waiting = self.dataplane.ready()
-        if ok:
-            return True, {"ready": True, "version": self.version}
-        return False, {"ready": False, "reason": "listeners not serving", "listeners": waiting}
+        if not ok:
+            return False, {"ready": False, "reason": "listeners not serving", "listeners": waiting}
+        if self.mesh is not None and self.mesh.fallback:
+            # Serving, but not on the mesh: peers on the mesh cannot reach us.
+            return False, {
+                "ready": False,
+                "reason": "no mesh interface: listening on a fallback address",
+                "mesh": self._mesh_json(),
+            }
+        return True, {"ready": True, "version": self.version}
+
+    def _mesh_json(self) -> dict[str, Any] | None:
+        if self.mesh is None:
+            return None
+        return {
+            "addresses": list(self.mesh.addresses),
+            "interface": self.mesh.interface,
+            "reason": self.mesh.reason,
+            "fallback": self.mesh.fallback,
+        }
 
     def status(self) -> dict[str, Any]:
         return {
@@ -232,6 +313,7 @@ class Runtime:
             "sources": list(self.source_names),
             "last_reload": self.last_reload,
             "admin": self.admin_address,
+            "mesh": self._mesh_json(),
         }
 
     def config(self) -> dict[str, Any]:

@@ -10,6 +10,7 @@ nothing asserts after a fixed sleep.
 from __future__ import annotations
 
 import asyncio
+import gc
 import shutil
 import socket
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -742,9 +743,10 @@ async def test_a_busy_port_fails_start_and_leaves_nothing_open(kind: socket.Sock
         with pytest.raises(OSError, match="in use"):
             await server.start(LOOPBACK, port)
         assert server.address is None
-    # Whichever socket did bind was closed: the port is free for both now.
-    assert await server.start(LOOPBACK, port) == (LOOPBACK, port)
-    await server.stop()
+    # Whichever socket did bind was closed: an unclosed one would raise
+    # ResourceWarning when collected (warnings are errors in this suite).
+    # Binding the port again is not checked: another process may take it.
+    gc.collect()
 
 
 async def test_ipv6_loopback() -> None:
