@@ -20,8 +20,9 @@ from meshgate.admin import parse_listen
 from meshgate.config.model import AUTO, Config
 from meshgate.errors import ConfigError
 from meshgate.mesh.bindaddr import BIND_WAIT
+from meshgate.mesh.dns import DnsRecords, coredns_stanza, hosts_lines
 from meshgate.obs import logging as mlog
-from meshgate.routing.compile import compile_table
+from meshgate.routing.compile import compile_table, needs_mesh
 from meshgate.runtime import Runtime, RuntimeOptions, StartupError, check_tls, resolve_options
 from meshgate.sources import ConfigSource, load_all
 from meshgate.sources.file import FileSource
@@ -75,6 +76,24 @@ MeshInterface = Annotated[
         help="With 'auto': also accept this interface as the mesh (repeatable).",
     ),
 ]
+DnsName = Annotated[
+    str | None,
+    typer.Option(
+        "--dns-name",
+        metavar="NAME",
+        help="Mesh DNS name of the ingress rules' listeners, answered with their "
+        "(mesh) address by the built-in DNS responder.",
+    ),
+]
+DnsListen = Annotated[
+    str | None,
+    typer.Option(
+        "--dns-listen",
+        metavar="ADDR:PORT|auto:PORT|off",
+        help="Where the mesh DNS responder listens (UDP and TCP); default auto:53, "
+        "the mesh address.",
+    ),
+]
 BindWait = Annotated[
     float | None,
     typer.Option(
@@ -95,11 +114,18 @@ def _sources(
     files: list[str] | None,
     bind: str,
     cluster_bind: str,
+    dns_name: str | None = None,
 ) -> list[ConfigSource]:
     sources: list[ConfigSource] = []
     if ingress or egress:
         sources.append(
-            RulesSource(ingress or [], egress or [], bind=bind, cluster_bind=cluster_bind)
+            RulesSource(
+                ingress or [],
+                egress or [],
+                bind=bind,
+                cluster_bind=cluster_bind,
+                dns_name=dns_name,
+            )
         )
     sources.extend(FileSource(path) for path in files or [])
     return sources
@@ -157,10 +183,12 @@ def run(
     ] = "info",
     mesh_interface: MeshInterface = None,
     bind_wait: BindWait = None,
+    dns_name: DnsName = None,
+    dns_listen: DnsListen = None,
 ) -> None:
     """Run the data plane: listen, route and forward until SIGTERM (SIGHUP reloads)."""
     mlog.setup(log_format, log_level)
-    sources = _sources(ingress, egress, config, bind, cluster_bind)
+    sources = _sources(ingress, egress, config, bind, cluster_bind, dns_name)
     cfg = _load_or_exit(sources)
     admin_text, drain = resolve_options(cfg, admin, drain_timeout)
     try:
@@ -174,6 +202,8 @@ def run(
         drain_timeout=drain,
         mesh_interfaces=tuple(mesh_interface or (mesh.interfaces if mesh else ())),
         bind_wait=bind_wait if bind_wait is not None else (mesh.bind_wait if mesh else BIND_WAIT),
+        dns_listen=dns_listen or (mesh.dns_listen if mesh else None),
+        dns_zones=mesh.dns_zones if mesh else (),
     )
 
     async def main() -> None:
@@ -194,11 +224,12 @@ def check(
     bind: Bind = "127.0.0.1",
     cluster_bind: ClusterBind = "0.0.0.0",
     as_json: Annotated[bool, typer.Option("--json", help="Print the table as JSON.")] = False,
+    dns_name: DnsName = None,
 ) -> None:
     """Validate the configuration and print the routing table it compiles to."""
     from meshgate.statusview import render_config
 
-    sources = _sources(ingress, egress, config, bind, cluster_bind)
+    sources = _sources(ingress, egress, config, bind, cluster_bind, dns_name)
     cfg = _load_or_exit(sources)
     table = compile_table(
         cfg, version=1, sources=tuple(s.name for s in sources), mesh_addresses=(AUTO,)
@@ -277,6 +308,72 @@ def bindaddr(
         sys.stdout.write(line + "\n")
     if choice.fallback:
         raise typer.Exit(1)
+
+
+dns_app = typer.Typer(
+    help="Mesh DNS names as hosts-file lines or a CoreDNS stanza, for your own resolver.",
+    no_args_is_help=True,
+)
+app.add_typer(dns_app, name="dns")
+
+
+def _dns_records(
+    ingress: list[str] | None,
+    config: list[str] | None,
+    bind: str,
+    dns_name: str | None,
+    address: list[str] | None,
+) -> DnsRecords:
+    from meshgate.mesh.bindaddr import choose, fallback_choice
+    from meshgate.mesh.names import records_for
+    from meshgate.mesh.netlink import read_netstate
+
+    cfg = _load_or_exit(_sources(ingress, None, config, bind, "0.0.0.0", dns_name))
+    addresses = tuple(address or ())
+    if not addresses and needs_mesh(cfg):
+        state = read_netstate()
+        routes = state.default_route_addresses
+        choice = choose(state.ifaces, default_route_addresses=routes) or fallback_choice(
+            state.ifaces, routes
+        )
+        addresses = choice.addresses
+    table = compile_table(cfg, version=0, mesh_addresses=addresses)
+    records = records_for(table, addresses, cfg.mesh.dns_zones if cfg.mesh else ())
+    if records is None:
+        Console(stderr=True).print("meshgate: no listener has a dns_name (or --dns-name)")
+        raise typer.Exit(2)
+    return records
+
+
+DnsAddress = Annotated[
+    list[str] | None,
+    typer.Option("--address", metavar="IP", help="Mesh address to use for 'auto' (repeatable)."),
+]
+
+
+@dns_app.command("hosts")
+def dns_hosts(
+    ingress: Ingress = None,
+    config: Files = None,
+    bind: Bind = "127.0.0.1",
+    dns_name: DnsName = None,
+    address: DnsAddress = None,
+) -> None:
+    """Print /etc/hosts lines for the mesh DNS names."""
+    for line in hosts_lines(_dns_records(ingress, config, bind, dns_name, address)):
+        sys.stdout.write(line + "\n")
+
+
+@dns_app.command("coredns")
+def dns_coredns(
+    ingress: Ingress = None,
+    config: Files = None,
+    bind: Bind = "127.0.0.1",
+    dns_name: DnsName = None,
+    address: DnsAddress = None,
+) -> None:
+    """Print a CoreDNS server block serving the mesh DNS names."""
+    sys.stdout.write(coredns_stanza(_dns_records(ingress, config, bind, dns_name, address)))
 
 
 @app.command()

@@ -10,6 +10,7 @@ deadline, then the process exits 0.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import os
 import signal
@@ -25,6 +26,8 @@ from meshgate.dataplane.certs import CertError, TlsStore, cert_files
 from meshgate.dataplane.dataplane import Dataplane
 from meshgate.errors import ConfigError
 from meshgate.mesh.bindaddr import BIND_WAIT, BindChoice, choose, fallback_choice
+from meshgate.mesh.dns import DnsServer
+from meshgate.mesh.names import records_for
 from meshgate.mesh.netlink import AddressWatch, detect, netstate
 from meshgate.obs.metrics import Metrics
 from meshgate.routing.compile import compile_table, needs_mesh
@@ -65,6 +68,8 @@ class RuntimeOptions:
     drain_timeout: float
     mesh_interfaces: tuple[str, ...] = ()  # accepted besides netmaker, wg0, wg1
     bind_wait: float = BIND_WAIT  # how long `auto` waits for the mesh at start
+    dns_listen: str | None = None  # "HOST:PORT", "auto:PORT" (the mesh address), "off"
+    dns_zones: tuple[str, ...] = ()  # default: the parent domain of each name
 
 
 def resolve_options(
@@ -90,6 +95,9 @@ class Runtime:
         # The detected mesh binding, when some listener binds `auto`.
         self.mesh: BindChoice | None = None
         self.table: RouteTable = RouteTable(version=0, listeners=())
+        self.dns: DnsServer | None = None
+        self.dns_at: tuple[str, int] | None = None
+        self.dns_error: str | None = None
         self.last_reload: dict[str, Any] = {"time": self.started, "result": "ok", "error": None}
         self.admin_address: str | None = None
         self._stop = asyncio.Event()
@@ -118,6 +126,7 @@ class Runtime:
             await self.dataplane.shutdown()
             raise StartupError("; ".join(f"listener {f.listener}: {f.error}" for f in failures))
         self.prom.table_version.set(self.version)
+        await self._sync_dns()
         admin: AdminServer | None = None
         if self.options.admin is not None:
             admin = AdminServer(*self.options.admin, self)
@@ -150,6 +159,8 @@ class Runtime:
                 "shutting down", extra={"fields": {"drain_timeout": self.dataplane.drain_timeout}}
             )
             await self.dataplane.shutdown()
+            if self.dns is not None:
+                await self.dns.stop()
             if admin is not None:
                 await admin.stop()
             log.info("stopped")
@@ -239,6 +250,60 @@ class Runtime:
             self._log_mesh("mesh address")
         return await self._apply_config(config, "reloaded")
 
+    def _dns_address(self) -> tuple[str, int] | None:
+        """Where the mesh DNS responder listens: as given, or on the mesh address."""
+        text = self.options.dns_listen or "auto:53"
+        if text.lower() == "off":
+            return None
+        host, _, port_text = text.rpartition(":")
+        host = host.strip("[]")
+        if host.lower() == "auto":
+            candidates = list(self.mesh.addresses) if self.mesh is not None else []
+            candidates += [
+                spec.key.address for spec in self.table.listeners if spec.dns_name is not None
+            ]
+            usable = [a for a in candidates if not ipaddress.ip_address(a).is_unspecified]
+            # IPv4 first: every resolver on the mesh can reach it.
+            usable.sort(key=lambda a: ":" in a)
+            host = usable[0] if usable else "127.0.0.1"
+        return host, int(port_text)
+
+    async def _sync_dns(self) -> None:
+        """Start, move, update or stop the mesh DNS responder to match the table."""
+        addresses = self.mesh.addresses if self.mesh is not None else ()
+        records = records_for(self.table, addresses, self.options.dns_zones)
+        where = self._dns_address() if records is not None else None
+        if records is None or where is None:
+            if self.dns is not None:
+                await self.dns.stop()
+                self.dns = self.dns_at = None
+            return
+        if self.dns is not None and self.dns_at == where:
+            self.dns.update(records)
+            return
+        if self.dns is not None:
+            await self.dns.stop()
+        self.dns = DnsServer(
+            records, on_query=lambda rcode: self.prom.dns_queries.labels(rcode).inc()
+        )
+        try:
+            self.dns_at = await self.dns.start(*where)
+        except OSError as exc:
+            self.dns, self.dns_at = None, None
+            self.dns_error = f"cannot listen on {hostport(*where)}: {exc.strerror or exc}"
+            log.error("mesh DNS not served", extra={"fields": {"error": self.dns_error}})
+            return
+        self.dns_error = None
+        log.info(
+            "mesh DNS serving",
+            extra={
+                "fields": {
+                    "address": hostport(*self.dns_at),
+                    "names": ",".join(sorted(records.names)),
+                }
+            },
+        )
+
     def _rejected(self, exc: ConfigError | CertError) -> None:
         self.prom.reloads.labels("rejected").inc()
         self.last_reload = {"time": time.time(), "result": "rejected", "error": str(exc)}
@@ -265,6 +330,7 @@ class Runtime:
         self.version += 1
         self.table = table
         self.current_config = config
+        await self._sync_dns()
         error = "; ".join(f"listener {f.listener}: {f.error}" for f in failures) or None
         result = "ok" if not failures else "partial"
         self.last_reload = {"time": time.time(), "result": result, "error": error}
@@ -314,6 +380,19 @@ class Runtime:
             "last_reload": self.last_reload,
             "admin": self.admin_address,
             "mesh": self._mesh_json(),
+            "dns": self._dns_json(),
+        }
+
+    def _dns_json(self) -> dict[str, Any] | None:
+        addresses = self.mesh.addresses if self.mesh is not None else ()
+        records = records_for(self.table, addresses, self.options.dns_zones)
+        if records is None:
+            return None
+        return {
+            "listen": hostport(*self.dns_at) if self.dns_at else None,
+            "zones": list(records.zones),
+            "names": {name: list(addrs) for name, addrs in records.names.items()},
+            "error": self.dns_error,
         }
 
     def config(self) -> dict[str, Any]:

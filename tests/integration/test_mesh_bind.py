@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.harness import wait_for
+from tests.integration.harness import require, wait_for
 
 
 def ip(*args: str) -> None:
@@ -111,6 +111,21 @@ def start(ns: Namespace, tmp_path: Path, extra: list[str]) -> subprocess.Popen[b
     )
 
 
+def dig(ns: Namespace, server: str, name: str) -> tuple[str, list[str]]:
+    """(rcode, A answers) from a real `dig` inside the namespace."""
+    require("dig")
+    out = ns.run(
+        "dig", f"@{server}", name, "A", "+time=2", "+tries=1", "+noall", "+comments", "+answer"
+    ).stdout
+    status = out.split("status: ", 1)[1].split(",", 1)[0] if "status: " in out else "NONE"
+    answers = [
+        line.split()[-1]
+        for line in out.splitlines()
+        if line and not line.startswith(";") and "\tA\t" in line.replace(" ", "\t")
+    ]
+    return status, answers
+
+
 def add_mesh(ns: Namespace, address: str) -> None:
     ip("-n", ns.name, "tuntap", "add", "dev", "netmaker", "mode", "tun")
     ip("-n", ns.name, "addr", "add", f"{address}/16", "dev", "netmaker")
@@ -127,7 +142,7 @@ def listening_on(ns: Namespace) -> list[str]:
 def test_waits_for_the_mesh_then_follows_an_address_change(
     ns: Namespace, backend: int, meshgate: list[subprocess.Popen[bytes]], tmp_path: Path
 ) -> None:
-    proc = start(ns, tmp_path, ["--bind-wait", "30"])
+    proc = start(ns, tmp_path, ["--bind-wait", "30", "--dns-name", "my-app.mesh.internal"])
     meshgate.append(proc)
     # Nothing is served until the mesh interface exists: not even the admin port.
     assert ns.get("/readyz")[0] == 0
@@ -140,6 +155,10 @@ def test_waits_for_the_mesh_then_follows_an_address_change(
     assert isinstance(mesh, dict)
     assert mesh["interface"] == "netmaker"
     assert mesh["fallback"] is False
+    # The mesh DNS name answers with the mesh address, on the mesh address.
+    assert dig(ns, "100.100.0.2", "my-app.mesh.internal") == ("NOERROR", ["100.100.0.2"])
+    assert dig(ns, "100.100.0.2", "other.mesh.internal")[0] == "NXDOMAIN"
+    assert dig(ns, "100.100.0.2", "example.com")[0] == "REFUSED"
 
     # Replace the address (delete, then add: as a mesh agent does).
     ip("-n", ns.name, "addr", "del", "100.100.0.2/16", "dev", "netmaker")
@@ -147,6 +166,11 @@ def test_waits_for_the_mesh_then_follows_an_address_change(
     wait_for(lambda: listening_on(ns) == ["100.100.0.3"], "listener moved", timeout=20)
     assert ns.ask("100.100.0.3", 8080) == "cluster\n"
     assert ns.get("/readyz")[0] == 200
+    # ...and the DNS answer followed, served from the new address.
+    wait_for(
+        lambda: dig(ns, "100.100.0.3", "my-app.mesh.internal") == ("NOERROR", ["100.100.0.3"]),
+        "DNS follows the address",
+    )
     assert proc.poll() is None
 
 

@@ -280,6 +280,7 @@ class Listener(_Frozen):
     tls: TlsOptions = TlsOptions()
     udp: UdpOptions = UdpOptions()
     proxy_protocol: ProxyProtocolAccept | None = None  # tcp and tls
+    dns_name: ExactName | None = None  # served by the mesh DNS responder
 
     @model_validator(mode="after")
     def _shape(self) -> Listener:
@@ -332,6 +333,10 @@ class MeshOptions(_Frozen):
 
     interfaces: tuple[str, ...] = ()  # accepted besides netmaker, wg0, wg1
     bind_wait: Duration = 60.0
+    # Mesh DNS: zones answered (default: the parent domain of each dns_name)
+    # and where the responder listens ("auto:53": the mesh address; "off").
+    dns_zones: tuple[ExactName, ...] = ()
+    dns_listen: str | None = None
 
 
 class Config(_Frozen):

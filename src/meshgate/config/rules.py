@@ -26,6 +26,7 @@ from meshgate.config.model import (
     Endpoint,
     Listener,
     Protocol,
+    check_exact_name,
     check_host,
     format_hostport,
 )
@@ -164,8 +165,11 @@ def rules_to_config(
     *,
     bind: str = "127.0.0.1",
     cluster_bind: str = "0.0.0.0",
+    dns_name: str | None = None,
 ) -> Config:
     """Build a Config from nexd-style rules, reporting every bad rule at once.
+
+    `dns_name` (`--dns-name`) is the mesh DNS name of the ingress listeners.
 
     Ingress listeners bind to `bind` (the mesh address; resolving "auto" is
     the caller's job), egress listeners to `cluster_bind`. Rules with the same
@@ -176,6 +180,12 @@ def rules_to_config(
     more likely a copy-paste than a wish for double weight.
     """
     problems: list[ConfigProblem] = []
+    if dns_name is not None:
+        try:
+            dns_name = check_exact_name(dns_name)
+        except ValueError as exc:
+            problems.append(ConfigProblem("--dns-name", dns_name, "dns_name", str(exc)))
+            dns_name = None
     addresses: dict[Direction, str] = {
         "ingress": _address(bind, "--bind", problems),
         "egress": _address(cluster_bind, "--cluster-bind", problems),
@@ -204,6 +214,7 @@ def rules_to_config(
             port=listen_port,
             protocol=protocol,
             backend=name,
+            dns_name=dns_name if direction == "ingress" else None,
         )
         endpoints = tuple(Endpoint(host=rule.host, port=rule.port) for rule in group.rules)
         built.append((direction, group, listener, Backend(name=name, endpoints=endpoints)))

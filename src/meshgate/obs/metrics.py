@@ -87,6 +87,12 @@ class Metrics:
             ("listener", "reason"),
             registry=r,
         )
+        self.dns_queries = Counter(
+            "meshgate_dns_queries",
+            "Mesh DNS queries answered, by response code",
+            ("rcode",),
+            registry=r,
+        )
         self.internal_errors = Counter(
             "meshgate_internal_errors",
             "Unexpected exceptions caught by the event loop (each closed one connection)",

@@ -142,6 +142,7 @@ def _listener(listener: Listener, address: str, pools: dict[str, PoolSpec]) -> L
             max_flows=listener.udp.max_flows,
         ),
         sni=_sni_routes(listener, pools) if listener.protocol == "tls" else None,
+        dns_name=listener.dns_name,
         proxy_accept=(
             ProxyAcceptSpec(listener.proxy_protocol.trusted, listener.proxy_protocol.timeout)
             if listener.proxy_protocol is not None

@@ -128,6 +128,7 @@ class ListenerSpec:
     udp: UdpSpec
     sni: SniRoutes | None = None  # tls
     proxy_accept: ProxyAcceptSpec | None = None
+    dns_name: str | None = None  # a mesh DNS name answering with this listener's address
 
     @property
     def l4_pool(self) -> PoolSpec:

@@ -22,6 +22,7 @@ class RulesSource:
     egress: Sequence[str] = ()
     bind: str = "127.0.0.1"
     cluster_bind: str = "0.0.0.0"
+    dns_name: str | None = None
 
     def __post_init__(self) -> None:
         # Keep private copies: a caller's list changing later must not change
@@ -35,5 +36,9 @@ class RulesSource:
 
     def load(self) -> Config:
         return rules_to_config(
-            self.ingress, self.egress, bind=self.bind, cluster_bind=self.cluster_bind
+            self.ingress,
+            self.egress,
+            bind=self.bind,
+            cluster_bind=self.cluster_bind,
+            dns_name=self.dns_name,
         )
