@@ -17,7 +17,7 @@ from rich.console import Console
 
 from meshgate import __version__
 from meshgate.admin import parse_listen
-from meshgate.config.model import AUTO, Config
+from meshgate.config.model import AUTO, Config, check_dns_listen
 from meshgate.errors import ConfigError
 from meshgate.mesh.bindaddr import BIND_WAIT
 from meshgate.mesh.dns import DnsRecords, coredns_stanza, hosts_lines
@@ -197,6 +197,12 @@ def run(
         Console(stderr=True).print(f"meshgate: --admin: {exc}", markup=False)
         raise typer.Exit(2) from None
     mesh = cfg.mesh
+    if dns_listen is not None:
+        try:
+            dns_listen = check_dns_listen(dns_listen)
+        except ValueError as exc:
+            Console(stderr=True).print(f"meshgate: --dns-listen: {exc}", markup=False)
+            raise typer.Exit(2) from None
     options = RuntimeOptions(
         admin=admin_addr,
         drain_timeout=drain,

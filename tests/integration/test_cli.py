@@ -157,3 +157,14 @@ def test_status_without_server_says_so() -> None:
     result = meshgate("status", "--admin", f"127.0.0.1:{free_port()}")
     assert result.returncode == 1
     assert "cannot reach" in result.stderr
+
+
+@pytest.mark.parametrize("value", ["bogus", "auto:0", "[::1]:99999", "mesh:53"])
+def test_bad_dns_listen_exits_2_and_starts_nothing(value: str) -> None:
+    port = free_port()
+    result = meshgate(
+        "run", "--ingress", f"tcp:{port}:127.0.0.1:80", "--dns-listen", value, "--admin", "off"
+    )
+    assert result.returncode == 2
+    assert "--dns-listen" in result.stderr
+    assert not port_open(port)

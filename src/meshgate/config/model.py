@@ -328,6 +328,22 @@ class Listener(_Frozen):
             ) from None
 
 
+def check_dns_listen(value: str) -> str:
+    """ "off", or HOST:PORT where HOST is an IP address or "auto" (the mesh address)."""
+    text = value.strip()
+    if text.lower() == "off":
+        return "off"
+    host, port = split_hostport(text)
+    if not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise ValueError(f"port must be 1-65535 in {value!r}")
+    if host.lower() == AUTO:
+        return f"{AUTO}:{int(port)}"
+    try:
+        return format_hostport(str(ipaddress.ip_address(host)), int(port))
+    except ValueError:
+        raise ValueError(f"expected IP:PORT, auto:PORT or off, got {value!r}") from None
+
+
 class MeshOptions(_Frozen):
     """How `address: auto` finds the mesh address."""
 
@@ -336,7 +352,7 @@ class MeshOptions(_Frozen):
     # Mesh DNS: zones answered (default: the parent domain of each dns_name)
     # and where the responder listens ("auto:53": the mesh address; "off").
     dns_zones: tuple[ExactName, ...] = ()
-    dns_listen: str | None = None
+    dns_listen: Annotated[str, BeforeValidator(lambda v: check_dns_listen(str(v)))] | None = None
 
 
 class Config(_Frozen):

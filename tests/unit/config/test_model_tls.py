@@ -10,7 +10,13 @@ import pytest
 
 from meshgate.config.files import parse_yaml
 from meshgate.config.merge import merge
-from meshgate.config.model import Certificate, Config, UpstreamTls, check_server_name
+from meshgate.config.model import (
+    Certificate,
+    Config,
+    UpstreamTls,
+    check_dns_listen,
+    check_server_name,
+)
 from meshgate.errors import ConfigError, ConfigProblem
 
 BACKENDS = """\
@@ -344,3 +350,18 @@ def test_sources_agreeing_on_resolve_merge() -> None:
 def test_ip_literals_are_not_server_names(name: str) -> None:
     with pytest.raises(ValueError, match="not a server name"):
         check_server_name(name)
+
+
+@pytest.mark.parametrize(
+    ("given", "expected"),
+    [
+        ("off", "off"),
+        ("OFF", "off"),
+        ("auto:53", "auto:53"),
+        ("AUTO:5353", "auto:5353"),
+        ("100.100.0.2:53", "100.100.0.2:53"),
+        ("[fd00::2]:53", "[fd00::2]:53"),
+    ],
+)
+def test_dns_listen_forms(given: str, expected: str) -> None:
+    assert check_dns_listen(given) == expected
