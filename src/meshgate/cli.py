@@ -62,10 +62,10 @@ Bind = Annotated[
     str,
     typer.Option(
         "--bind",
-        metavar="IP|auto",
-        help="Address ingress rules listen on; 'auto' detects the mesh interface "
-        "(netmaker, wg0, wg1, --mesh-interface, then any WireGuard/point-to-point one) "
-        "and follows its address changes.",
+        metavar="IP|IFACE|auto",
+        help="Address ingress rules listen on: an IP, an interface name, or auto, "
+        "which detects the mesh interface (netmaker, wg0, wg1, --mesh-interface, then "
+        "any WireGuard/point-to-point one) and follows its address changes.",
     ),
 ]
 MeshInterface = Annotated[
@@ -208,6 +208,7 @@ def run(
         drain_timeout=drain,
         mesh_interfaces=tuple(mesh_interface or (mesh.interfaces if mesh else ())),
         bind_wait=bind_wait if bind_wait is not None else (mesh.bind_wait if mesh else BIND_WAIT),
+        bind_interface=mesh.bind_interface if mesh else None,
         dns_listen=dns_listen or (mesh.dns_listen if mesh else None),
         dns_zones=mesh.dns_zones if mesh else (),
     )

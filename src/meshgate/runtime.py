@@ -25,10 +25,10 @@ from meshgate.config.model import Config
 from meshgate.dataplane.certs import CertError, TlsStore, cert_files
 from meshgate.dataplane.dataplane import Dataplane
 from meshgate.errors import ConfigError
-from meshgate.mesh.bindaddr import BIND_WAIT, BindChoice, choose, fallback_choice
+from meshgate.mesh.bindaddr import BIND_WAIT, BindChoice, choose, explicit, fallback_choice
 from meshgate.mesh.dns import DnsServer
 from meshgate.mesh.names import records_for
-from meshgate.mesh.netlink import AddressWatch, detect, netstate
+from meshgate.mesh.netlink import AddressWatch, NetState, detect, netstate, wait_for
 from meshgate.obs.metrics import Metrics
 from meshgate.routing.compile import compile_table, needs_mesh
 from meshgate.routing.table import RouteTable, hostport
@@ -68,6 +68,7 @@ class RuntimeOptions:
     drain_timeout: float
     mesh_interfaces: tuple[str, ...] = ()  # accepted besides netmaker, wg0, wg1
     bind_wait: float = BIND_WAIT  # how long `auto` waits for the mesh at start
+    bind_interface: str | None = None  # `--bind IFACE`: only this interface
     dns_listen: str | None = None  # "HOST:PORT", "auto:PORT" (the mesh address), "off"
     dns_zones: tuple[str, ...] = ()  # default: the parent domain of each name
 
@@ -116,9 +117,13 @@ class Runtime:
 
     async def serve(self) -> None:
         if needs_mesh(self.current_config):
-            self.mesh = await detect(
-                wait=self.options.bind_wait, extra=self.options.mesh_interfaces
-            )
+            if self.options.bind_interface is None:
+                self.mesh = await detect(
+                    wait=self.options.bind_wait, extra=self.options.mesh_interfaces
+                )
+            else:
+                choice, state = await wait_for(self._decide, wait=self.options.bind_wait)
+                self.mesh = choice or fallback_choice(state.ifaces, state.default_route_addresses)
             self._log_mesh("mesh address")
         self.table = self._compile(self.current_config, self.version)
         failures = await self.dataplane.apply(self.table)
@@ -182,12 +187,7 @@ class Runtime:
         new sockets on the new address, the old ones drain."""
         with AddressWatch() as watch:
             async for _ in watch:
-                state = await netstate()
-                choice = choose(
-                    state.ifaces,
-                    extra=self.options.mesh_interfaces,
-                    default_route_addresses=state.default_route_addresses,
-                )
+                choice = self._decide(await netstate())
                 # No mesh interface right now (it is being replaced?): keep
                 # what is bound until one qualifies again.
                 if choice is None or (
@@ -197,6 +197,16 @@ class Runtime:
                 self.mesh = choice
                 self._log_mesh("mesh address changed")
                 await self._apply_config(self.current_config, "mesh address changed")
+
+    def _decide(self, state: NetState) -> BindChoice | None:
+        """The mesh binding `state` offers: the given interface, or the ranking."""
+        if self.options.bind_interface is not None:
+            return explicit(self.options.bind_interface, state.ifaces)
+        return choose(
+            state.ifaces,
+            extra=self.options.mesh_interfaces,
+            default_route_addresses=state.default_route_addresses,
+        )
 
     def _loop_error(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
         # A bug in a protocol callback: the loop has already closed that one
@@ -243,10 +253,9 @@ class Runtime:
         if needs_mesh(config) and self.mesh is None:
             # A reload added the first `auto` listener: look once, no waiting.
             state = await netstate()
-            routes = state.default_route_addresses
-            self.mesh = choose(
-                state.ifaces, extra=self.options.mesh_interfaces, default_route_addresses=routes
-            ) or fallback_choice(state.ifaces, routes)
+            self.mesh = self._decide(state) or fallback_choice(
+                state.ifaces, state.default_route_addresses
+            )
             self._log_mesh("mesh address")
         return await self._apply_config(config, "reloaded")
 

@@ -90,7 +90,9 @@ def meshgate() -> Iterator[list[subprocess.Popen[bytes]]]:
         proc.wait(10)
 
 
-def start(ns: Namespace, tmp_path: Path, extra: list[str]) -> subprocess.Popen[bytes]:
+def start(
+    ns: Namespace, tmp_path: Path, extra: list[str], bind: str = "auto"
+) -> subprocess.Popen[bytes]:
     return ns.popen(
         [
             sys.executable,
@@ -100,7 +102,7 @@ def start(ns: Namespace, tmp_path: Path, extra: list[str]) -> subprocess.Popen[b
             "--ingress",
             "tcp:8080:127.0.0.1:7000",
             "--bind",
-            "auto",
+            bind,
             "--admin",
             "127.0.0.1:9901",
             "--log-format",
@@ -189,3 +191,19 @@ def test_no_mesh_interface_falls_back_and_is_not_ready(
     add_mesh(ns, "100.100.0.9")
     wait_for(lambda: ns.get("/readyz")[0] == 200, "moved onto the mesh", timeout=20)
     assert listening_on(ns) == ["100.100.0.9"]
+
+
+def test_bind_interface_takes_that_interface_only_and_follows_it(
+    ns: Namespace, backend: int, meshgate: list[subprocess.Popen[bytes]], tmp_path: Path
+) -> None:
+    add_mesh(ns, "100.100.0.2")  # a preferred name, which --bind IFACE must ignore
+    ip("-n", ns.name, "link", "add", "lan7", "type", "veth", "peer", "name", "lan7p")
+    ip("-n", ns.name, "link", "set", "lan7p", "up")
+    ip("-n", ns.name, "addr", "add", "10.7.0.1/24", "dev", "lan7")
+    ip("-n", ns.name, "link", "set", "lan7", "up")
+    meshgate.append(start(ns, tmp_path, ["--bind-wait", "10"], bind="lan7"))
+    wait_for(lambda: ns.get("/readyz")[0] == 200, "ready on lan7", timeout=20)
+    assert listening_on(ns) == ["10.7.0.1"]
+    assert ns.ask("10.7.0.1", 8080) == "cluster\n"
+    ip("-n", ns.name, "addr", "add", "10.7.0.9/24", "dev", "lan7")
+    wait_for(lambda: sorted(listening_on(ns)) == ["10.7.0.1", "10.7.0.9"], "second address bound")

@@ -348,6 +348,8 @@ class MeshOptions(_Frozen):
     """How `address: auto` finds the mesh address."""
 
     interfaces: tuple[str, ...] = ()  # accepted besides netmaker, wg0, wg1
+    # `--bind IFACE`: this interface only (its addresses, followed), no ranking.
+    bind_interface: str | None = None
     bind_wait: Duration = 60.0
     # Mesh DNS: zones answered (default: the parent domain of each dns_name)
     # and where the responder listens ("auto:53": the mesh address; "off").

@@ -14,6 +14,7 @@ balancing round robin over their targets. Pure: no I/O.
 from __future__ import annotations
 
 import ipaddress
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal
@@ -25,6 +26,7 @@ from meshgate.config.model import (
     Config,
     Endpoint,
     Listener,
+    MeshOptions,
     Protocol,
     check_exact_name,
     check_host,
@@ -147,14 +149,31 @@ class _Group:
     rules: list[Rule] = field(default_factory=list)
 
 
-def _address(text: str, flag: str, problems: list[ConfigProblem]) -> str:
-    """The normalised listen address; a bad one is reported and returned as is."""
+# A Linux interface name: up to 15 characters, no slash, colon or space.
+_IFNAME = re.compile(r"[^/:\s]{1,15}")
+
+
+def _address(
+    text: str, flag: str, problems: list[ConfigProblem], interface_ok: bool = False
+) -> str:
+    """The normalised listen address; a bad one is reported and returned as is.
+
+    With `interface_ok` (`--bind`), an interface name is accepted: it becomes
+    `auto` restricted to that interface (see `rules_to_config`).
+    """
     if text.strip().lower() == AUTO:
         return AUTO
     try:
         return str(ipaddress.ip_address(text))
     except ValueError:
-        reason = f"listen address must be an IP address or 'auto', got {text!r}"
+        if interface_ok and _IFNAME.fullmatch(text) and text not in (".", ".."):
+            return AUTO
+        what = (
+            "an IP address, an interface name or 'auto'"
+            if interface_ok
+            else ("an IP address or 'auto'")
+        )
+        reason = f"listen address must be {what}, got {text!r}"
         problems.append(ConfigProblem(flag, text, flag.lstrip("-").replace("-", "_"), reason))
         return text
 
@@ -187,7 +206,7 @@ def rules_to_config(
             problems.append(ConfigProblem("--dns-name", dns_name, "dns_name", str(exc)))
             dns_name = None
     addresses: dict[Direction, str] = {
-        "ingress": _address(bind, "--bind", problems),
+        "ingress": _address(bind, "--bind", problems, interface_ok=True),
         "egress": _address(cluster_bind, "--cluster-bind", problems),
     }
     groups: dict[tuple[Direction, Protocol, int], _Group] = {}
@@ -235,7 +254,9 @@ def rules_to_config(
                 problems.append(ConfigProblem("--egress", group.first_text, "listen_port", reason))
     if problems:
         raise ConfigError(problems)
+    interface = bind if addresses["ingress"] == AUTO and bind.strip().lower() != AUTO else None
     return Config(
         listeners=tuple(listener for _, _, listener, _ in built),
         backends=tuple(backend for _, _, _, backend in built),
+        mesh=MeshOptions(bind_interface=interface) if interface and built else None,
     )

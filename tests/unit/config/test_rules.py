@@ -215,10 +215,13 @@ def test_every_bad_rule_is_reported_at_once() -> None:
 
 def test_bad_bind_address_is_reported_with_the_rules() -> None:
     with pytest.raises(ConfigError) as caught:
-        rules_to_config(["tcp:80:web:80"], ["tcp:0:x:1"], bind="mesh0", cluster_bind="::")
+        rules_to_config(["tcp:80:web:80"], ["tcp:0:x:1"], bind="a/b", cluster_bind="::")
     assert caught.value.problems == (
         ConfigProblem(
-            "--bind", "mesh0", "bind", "listen address must be an IP address or 'auto', got 'mesh0'"
+            "--bind",
+            "a/b",
+            "bind",
+            "listen address must be an IP address, an interface name or 'auto', got 'a/b'",
         ),
         ConfigProblem("--egress", "tcp:0:x:1", "listen_port", "port 0 out of range 1-65535"),
     )
@@ -265,3 +268,16 @@ def test_ingress_and_egress_on_distinct_sockets_are_fine(
 def test_bind_auto_is_kept_for_the_runtime_to_detect() -> None:
     config = rules_to_config(["tcp:80:web:80"], [], bind="AUTO")
     assert config.listeners[0].address == "auto"
+
+
+def test_bind_an_interface_name_means_auto_on_that_interface_only() -> None:
+    config = rules_to_config(["tcp:80:web:80"], [], bind="wg7")
+    assert config.listeners[0].address == "auto"
+    assert config.mesh is not None
+    assert config.mesh.bind_interface == "wg7"
+
+
+def test_cluster_bind_takes_no_interface_name() -> None:
+    with pytest.raises(ConfigError) as caught:
+        rules_to_config([], ["tcp:80:web:80"], cluster_bind="eth0")
+    assert caught.value.problems[0].field == "cluster_bind"
