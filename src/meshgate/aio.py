@@ -10,7 +10,7 @@ import asyncio
 import logging
 import socket
 from collections.abc import Coroutine
-from typing import Any, Protocol, TypeVar
+from typing import Any, TypeVar, cast
 
 T = TypeVar("T")
 log = logging.getLogger("meshgate.aio")
@@ -43,13 +43,39 @@ async def cancel_and_wait(tasks: list[asyncio.Task[Any]]) -> None:
         await asyncio.gather(*tasks, return_exceptions=True)
 
 
-class Abandonable(Protocol):
-    """A datagram protocol that can close its transport, now or once made."""
+class DatagramSide(asyncio.DatagramProtocol):
+    """A datagram socket's protocol: the transport, its release, its pressure."""
 
-    def abandon(self) -> None: ...
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.transport: asyncio.DatagramTransport | None = None
+        self.lost: asyncio.Future[None] = loop.create_future()
+        self.paused = False  # the kernel buffer is full: drop rather than queue
+        self._abandoned = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # A cast, not a check: uvloop's UDPTransport is no DatagramTransport subclass.
+        self.transport = cast(asyncio.DatagramTransport, transport)
+        if self._abandoned:
+            transport.close()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.lost.done():
+            self.lost.set_result(None)
+
+    def pause_writing(self) -> None:
+        self.paused = True
+
+    def resume_writing(self) -> None:
+        self.paused = False
+
+    def abandon(self) -> None:
+        """Close the transport, now or as soon as it is made."""
+        self._abandoned = True
+        if self.transport is not None:
+            self.transport.close()
 
 
-A = TypeVar("A", bound=Abandonable)
+A = TypeVar("A", bound=DatagramSide)
 
 
 async def adopt_datagram(loop: asyncio.AbstractEventLoop, sock: socket.socket, side: A) -> A:
@@ -68,8 +94,7 @@ async def adopt_datagram(loop: asyncio.AbstractEventLoop, sock: socket.socket, s
         return side
 
     try:
-        # `side` is a DatagramProtocol in every caller; the Protocol type cannot say so.
-        await loop.create_datagram_endpoint(factory, sock=sock)  # type: ignore[type-var]
+        await loop.create_datagram_endpoint(factory, sock=sock)
     except BaseException:
         if handed:
             side.abandon()

@@ -26,10 +26,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
-from typing import Any, cast
+from typing import Any
 
 from meshgate import settings
-from meshgate.aio import adopt_datagram, cancel_and_wait, spawn
+from meshgate.aio import DatagramSide, adopt_datagram, cancel_and_wait, spawn
 from meshgate.dataplane.listener import Context, Listener, Traffic
 from meshgate.routing.table import EndpointAddr, ListenerSpec, hostport
 from meshgate.upstream.connect import failure_reason
@@ -62,36 +62,6 @@ def _addr_text(addr: object) -> str:
 
 
 # -- sockets -----------------------------------------------------------------------
-class _Side(asyncio.DatagramProtocol):
-    """A datagram socket's protocol: the transport, its release, its pressure."""
-
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self.transport: asyncio.DatagramTransport | None = None
-        self.lost: asyncio.Future[None] = loop.create_future()
-        self.paused = False  # the kernel buffer is full: drop rather than queue
-        self._abandoned = False
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        # A cast, not a check: uvloop's UDPTransport is no DatagramTransport subclass.
-        self.transport = cast(asyncio.DatagramTransport, transport)
-        if self._abandoned:
-            transport.close()
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        if not self.lost.done():
-            self.lost.set_result(None)
-
-    def pause_writing(self) -> None:
-        self.paused = True
-
-    def resume_writing(self) -> None:
-        self.paused = False
-
-    def abandon(self) -> None:
-        """Close the transport, now or as soon as it is made."""
-        self._abandoned = True
-        if self.transport is not None:
-            self.transport.close()
 
 
 async def _connected_socket(loop: asyncio.AbstractEventLoop, addr: EndpointAddr) -> socket.socket:
@@ -311,7 +281,7 @@ class UdpFlow:
         self._owner.flow_ended(self, reason)
 
 
-class _ClientSide(_Side):
+class _ClientSide(DatagramSide):
     """The listening socket: datagrams from clients, replies to them."""
 
     def __init__(self, listener: UdpListener, loop: asyncio.AbstractEventLoop) -> None:
@@ -336,7 +306,7 @@ class _ClientSide(_Side):
         )
 
 
-class _UpstreamSide(_Side):
+class _UpstreamSide(DatagramSide):
     """A flow's connected upstream socket (one instance per setup attempt)."""
 
     def __init__(

@@ -48,7 +48,7 @@ from dnslib import (
 )
 
 from meshgate import settings
-from meshgate.aio import adopt_datagram
+from meshgate.aio import DatagramSide, adopt_datagram
 from meshgate.errors import ProtocolError
 from meshgate.protocols.result import NEED_MORE, NeedMore
 
@@ -579,37 +579,12 @@ def _bound(
     return sock
 
 
-class _UdpSide(asyncio.DatagramProtocol):
+class _UdpSide(DatagramSide):
     """The UDP socket: one datagram, one query, one reply."""
 
     def __init__(self, server: DnsServer, loop: asyncio.AbstractEventLoop) -> None:
-        self.transport: asyncio.DatagramTransport | None = None
-        self.lost: asyncio.Future[None] = loop.create_future()
-        self.paused = False  # the kernel buffer is full: drop rather than queue
+        super().__init__(loop)
         self._server = server
-        self._abandoned = False
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        # A cast, not a check: uvloop's UDPTransport is no DatagramTransport subclass.
-        self.transport = cast(asyncio.DatagramTransport, transport)
-        if self._abandoned:
-            transport.close()
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        if not self.lost.done():
-            self.lost.set_result(None)
-
-    def pause_writing(self) -> None:
-        self.paused = True
-
-    def resume_writing(self) -> None:
-        self.paused = False
-
-    def abandon(self) -> None:
-        """Close the transport, now or as soon as it is made."""
-        self._abandoned = True
-        if self.transport is not None:
-            self.transport.close()
 
     def datagram_received(self, data: bytes, addr: tuple[Any, ...]) -> None:
         # Nothing may escape to the transport: uvloop closes a datagram
