@@ -167,6 +167,8 @@ def _error_detail(exc: urllib.error.HTTPError) -> str:
 def render_status(status: dict[str, Any], console: Console) -> None:
     """Print a live status document: a header, then listeners and backends."""
     _emit(console, _status_header(status))
+    for line in _mesh_lines(status):
+        _emit(console, line)
     listeners = status.get("listeners") or []
     backends = status.get("backends") or []
     if listeners:
@@ -188,6 +190,28 @@ def render_status(status: dict[str, Any], console: Console) -> None:
         _emit(console, _status_backends(backends))
     else:
         _emit(console, Text("no backends", style="dim"))
+
+
+def _mesh_lines(status: dict[str, Any]) -> list[Text]:
+    """The mesh binding and the mesh DNS names, when the runtime has them."""
+    lines: list[Text] = []
+    mesh = status.get("mesh")
+    if mesh:
+        where = f" on {mesh['interface']}" if mesh.get("interface") else ""
+        line = Text(f"mesh: {', '.join(mesh.get('addresses') or [])}{where} ({mesh.get('reason')})")
+        if mesh.get("fallback"):
+            line.append("  FALLBACK: not on the mesh", style="bold red")
+        lines.append(line)
+    dns = status.get("dns")
+    if dns:
+        names = ", ".join(
+            f"{name} -> {' '.join(addrs)}" for name, addrs in (dns.get("names") or {}).items()
+        )
+        line = Text(f"mesh DNS on {dns.get('listen') or '-'}: {names}")
+        if dns.get("error"):
+            line.append(f"  {dns['error']}", style="red")
+        lines.append(line)
+    return lines
 
 
 def _status_header(status: dict[str, Any]) -> Text:

@@ -327,3 +327,39 @@ def test_render_config_shows_tls_routes_and_upstream_settings() -> None:
     assert "terminate alpn h2" in text
     assert "certs/b.crt" in text
     assert "tls sni b.example.com, NO VERIFY; proxy protocol v2" in text
+
+
+def test_render_status_shows_the_mesh_binding_and_dns_names() -> None:
+    status = {
+        "version": 2,
+        "sources": ["--ingress/--egress"],
+        "listeners": [],
+        "backends": [],
+        "mesh": {
+            "addresses": ["100.100.0.2"],
+            "interface": "netmaker",
+            "reason": "interface netmaker (preferred name)",
+            "fallback": False,
+        },
+        "dns": {
+            "listen": "100.100.0.2:53",
+            "zones": ["mesh.internal"],
+            "names": {"my-app.mesh.internal": ["100.100.0.2"]},
+            "error": None,
+        },
+    }
+    console = Console(record=True, width=200)
+    render_status(status, console)
+    text = console.export_text()
+    assert "mesh: 100.100.0.2 on netmaker (interface netmaker (preferred name))" in text
+    assert "mesh DNS on 100.100.0.2:53: my-app.mesh.internal -> 100.100.0.2" in text
+    assert "FALLBACK" not in text
+    status["mesh"] = {
+        "addresses": ["0.0.0.0"],
+        "interface": None,
+        "reason": "last resort",
+        "fallback": True,
+    }
+    console = Console(record=True, width=200)
+    render_status(status, console)
+    assert "FALLBACK: not on the mesh" in console.export_text()
