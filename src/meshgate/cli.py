@@ -155,7 +155,7 @@ def run(
     ingress: Ingress = None,
     egress: Egress = None,
     config: Files = None,
-    bind: Bind = "127.0.0.1",
+    bind: Bind = "auto",
     cluster_bind: ClusterBind = "0.0.0.0",
     admin: Annotated[
         str | None,
@@ -228,7 +228,7 @@ def check(
     ingress: Ingress = None,
     egress: Egress = None,
     config: Files = None,
-    bind: Bind = "127.0.0.1",
+    bind: Bind = "auto",
     cluster_bind: ClusterBind = "0.0.0.0",
     as_json: Annotated[bool, typer.Option("--json", help="Print the table as JSON.")] = False,
     dns_name: DnsName = None,
@@ -362,7 +362,7 @@ DnsAddress = Annotated[
 def dns_hosts(
     ingress: Ingress = None,
     config: Files = None,
-    bind: Bind = "127.0.0.1",
+    bind: Bind = "auto",
     dns_name: DnsName = None,
     address: DnsAddress = None,
 ) -> None:
@@ -375,7 +375,7 @@ def dns_hosts(
 def dns_coredns(
     ingress: Ingress = None,
     config: Files = None,
-    bind: Bind = "127.0.0.1",
+    bind: Bind = "auto",
     dns_name: DnsName = None,
     address: DnsAddress = None,
 ) -> None:

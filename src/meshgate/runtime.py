@@ -115,16 +115,49 @@ class Runtime:
             config, version=version, sources=self.source_names, mesh_addresses=addresses
         )
 
+    async def _detect_mesh(self) -> BindChoice:
+        if self.options.bind_interface is None:
+            return await detect(wait=self.options.bind_wait, extra=self.options.mesh_interfaces)
+        choice, state = await wait_for(self._decide, wait=self.options.bind_wait)
+        return choice or fallback_choice(state.ifaces, state.default_route_addresses)
+
+    async def _await_mesh(self) -> bool:
+        """Detect the mesh address; False when stopped (SIGTERM/SIGINT) first.
+
+        Waiting for the mesh can take a minute: the process must still stop
+        cleanly (exit 0) meanwhile.
+        """
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._stop.set)
+        log.info(
+            "waiting for the mesh interface",
+            extra={
+                "fields": {
+                    "bind_wait": self.options.bind_wait,
+                    "interface": self.options.bind_interface or "auto",
+                }
+            },
+        )
+        detecting = aio.spawn(self._detect_mesh(), name="detect mesh address")
+        stopping = aio.spawn(self._stop.wait(), name="stop while detecting")
+        try:
+            await asyncio.wait({detecting, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.remove_signal_handler(sig)
+            await aio.cancel_and_wait([stopping])
+        if not detecting.done():
+            await aio.cancel_and_wait([detecting])
+            log.info("stopped before the mesh address was found")
+            return False
+        self.mesh = detecting.result()
+        self._log_mesh("mesh address")
+        return True
+
     async def serve(self) -> None:
-        if needs_mesh(self.current_config):
-            if self.options.bind_interface is None:
-                self.mesh = await detect(
-                    wait=self.options.bind_wait, extra=self.options.mesh_interfaces
-                )
-            else:
-                choice, state = await wait_for(self._decide, wait=self.options.bind_wait)
-                self.mesh = choice or fallback_choice(state.ifaces, state.default_route_addresses)
-            self._log_mesh("mesh address")
+        if needs_mesh(self.current_config) and not await self._await_mesh():
+            return
         self.table = self._compile(self.current_config, self.version)
         failures = await self.dataplane.apply(self.table)
         if failures:

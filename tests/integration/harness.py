@@ -88,6 +88,10 @@ class Meshgate:
         self.admin_port = admin_port or free_port()
         self.log_path = tmp / f"meshgate-{self.admin_port}.log"
         self._log = self.log_path.open("wb")
+        if "--ingress" in args and "--bind" not in args:
+            # Ingress rules bind the mesh address by default (`auto`), which a
+            # test machine has not got: these tests serve on loopback.
+            args = [*args, "--bind", "127.0.0.1"]
         self.proc = subprocess.Popen(
             [
                 sys.executable,

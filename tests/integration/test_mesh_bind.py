@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import uuid
@@ -207,3 +208,14 @@ def test_bind_interface_takes_that_interface_only_and_follows_it(
     assert ns.ask("10.7.0.1", 8080) == "cluster\n"
     ip("-n", ns.name, "addr", "add", "10.7.0.9/24", "dev", "lan7")
     wait_for(lambda: sorted(listening_on(ns)) == ["10.7.0.1", "10.7.0.9"], "second address bound")
+
+
+def test_sigterm_while_waiting_for_the_mesh_exits_0(
+    ns: Namespace, meshgate: list[subprocess.Popen[bytes]], tmp_path: Path
+) -> None:
+    proc = start(ns, tmp_path, ["--bind-wait", "60"])
+    log = tmp_path / "meshgate.log"
+    wait_for(lambda: "waiting for the mesh interface" in log.read_text(), "waiting logged")
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(10) == 0
+    assert "stopped before the mesh address was found" in log.read_text()
