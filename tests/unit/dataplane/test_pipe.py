@@ -28,6 +28,7 @@ from meshgate.routing.table import (
     UdpSpec,
 )
 from meshgate.upstream.pool import PoolRegistry
+from tests.unit.dataplane.flood import Flood
 
 
 def free_port() -> int:
@@ -69,47 +70,26 @@ async def listener_for(spec: ListenerSpec) -> AsyncIterator[TcpListener]:
 
 
 async def test_slow_client_pauses_upstream_reading() -> None:
-    # The upstream sends 64 MiB as fast as it can; the client reads nothing.
+    # The upstream sends as fast as it can; the client reads nothing.
     # meshgate must stop reading the upstream instead of buffering it all.
-    sent = 0
-    stop = asyncio.Event()
-
-    async def flood(_: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        nonlocal sent
-        chunk = b"x" * 65536
-        while sent < 64 * 1024 * 1024 and not stop.is_set():
-            writer.write(chunk)
-            sent += len(chunk)
-            await writer.drain()
-        writer.close()
-
-    server = await asyncio.start_server(flood, "127.0.0.1", 0)
-    spec = make_spec(server.sockets[0].getsockname()[1])
-    async with listener_for(spec) as listener:
-        reader, writer = await asyncio.open_connection("127.0.0.1", spec.key.port)
-        # Wait until the flood stalls: `sent` stops growing.
-        last = -1
-        for _ in range(200):
-            await asyncio.sleep(0.02)
-            if sent == last and sent > 0:
-                break
-            last = sent
-        assert sent < 64 * 1024 * 1024, "upstream was never paused"
-        (relay,) = listener.live
-        assert isinstance(relay, Relay)
-        assert relay.client is not None
-        # What meshgate holds is bounded by the high-water mark plus one read.
-        assert relay.client.get_write_buffer_size() <= settings.WRITE_HIGH_WATER + 512 * 1024
-        # Reading resumes the flow: everything sent arrives.
-        stop.set()
-        got = 0
-        while data := await reader.read(1 << 20):
-            got += len(data)
-        assert got == sent
-        writer.close()
-        await writer.wait_closed()
-    server.close()
-    await server.wait_closed()
+    async with Flood() as flood:
+        spec = make_spec(flood.port)
+        async with listener_for(spec) as listener:
+            reader, writer = await asyncio.open_connection("127.0.0.1", spec.key.port)
+            await flood.wait_stalled()
+            (relay,) = listener.live
+            assert isinstance(relay, Relay)
+            assert relay.client is not None
+            # What meshgate holds is bounded by the high-water mark plus one read.
+            assert relay.client.get_write_buffer_size() <= settings.WRITE_HIGH_WATER + 512 * 1024
+            # Reading resumes the flow: everything sent arrives.
+            flood.stop.set()
+            got = 0
+            while data := await reader.read(1 << 20):
+                got += len(data)
+            assert got == flood.sent
+            writer.close()
+            await writer.wait_closed()
 
 
 async def test_slow_upstream_pauses_client_reading() -> None:

@@ -31,6 +31,7 @@ from meshgate.routing.table import (
     UdpSpec,
 )
 from meshgate.upstream.pool import PoolRegistry
+from tests.unit.dataplane.flood import Flood
 
 
 def free_port() -> int:
@@ -104,20 +105,7 @@ async def test_plaintext_round_trip_and_half_close(tmp_path: Path) -> None:
 
 
 async def test_slow_tls_client_pauses_the_upstream(tmp_path: Path) -> None:
-    sent = 0
-    stop = asyncio.Event()
-
-    async def flood(_: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        nonlocal sent
-        chunk = b"z" * 65536
-        while sent < 64 * 1024 * 1024 and not stop.is_set():
-            writer.write(chunk)
-            sent += len(chunk)
-            await writer.drain()
-        writer.close()
-
-    server = await asyncio.start_server(flood, "127.0.0.1", 0)
-    async with terminating(server.sockets[0].getsockname()[1], tmp_path) as (listener, ctx, port):
+    async with Flood() as flood, terminating(flood.port, tmp_path) as (listener, ctx, port):
         # A blocking TLS client in a thread: it reads nothing until told to.
         go = asyncio.Event()
         loop = asyncio.get_running_loop()
@@ -133,20 +121,12 @@ async def test_slow_tls_client_pauses_the_upstream(tmp_path: Path) -> None:
                 return got
 
         reader_task = loop.run_in_executor(None, client)
-        last = -1
-        for _ in range(300):
-            await asyncio.sleep(0.02)
-            if sent == last and sent > 0:
-                break
-            last = sent
-        assert sent < 64 * 1024 * 1024, "upstream was never paused"
+        await flood.wait_stalled()
         (relay,) = listener.live
         assert isinstance(relay, Relay)
         assert relay.client is not None
         assert relay.client.get_write_buffer_size() <= settings.WRITE_HIGH_WATER + 1024 * 1024
-        stop.set()
+        flood.stop.set()
         go.set()
         got = await asyncio.wait_for(reader_task, 20)
-        assert got == sent, (got, sent)
-    server.close()
-    await server.wait_closed()
+        assert got == flood.sent, (got, flood.sent)
