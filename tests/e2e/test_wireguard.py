@@ -22,7 +22,7 @@ import pytest
 
 from tests.e2e import netlab
 from tests.e2e.netlab import Lab, Meshgate, Namespace
-from tests.integration.harness import require
+from tests.integration.harness import parse_dig, require
 
 pytestmark = pytest.mark.needs_root
 
@@ -64,13 +64,7 @@ def dig(ns: Namespace, server: str, name: str) -> tuple[str, list[str]]:
     out = ns.run(
         "dig", f"@{server}", name, "A", "+time=2", "+tries=2", "+noall", "+comments", "+answer"
     ).stdout
-    status = out.split("status: ", 1)[1].split(",", 1)[0] if "status: " in out else "NONE"
-    answers = [
-        line.split()[-1]
-        for line in out.splitlines()
-        if line and not line.startswith(";") and "\tA\t" in line.replace(" ", "\t")
-    ]
-    return status, answers
+    return parse_dig(out)
 
 
 def test_ingress_over_wireguard_round_robin_and_mesh_dns(net: Lab) -> None:

@@ -179,3 +179,33 @@ def running(args: list[str], tmp: Path) -> Iterator[Meshgate]:
         yield mg.wait_ready()
     finally:
         mg.stop()
+
+
+def parse_dig(output: str) -> tuple[str, list[str]]:
+    """(rcode, A answers) from `dig +noall +comments +answer` output."""
+    status = output.split("status: ", 1)[1].split(",", 1)[0] if "status: " in output else "NONE"
+    answers = [
+        line.split()[-1]
+        for line in output.splitlines()
+        if line and not line.startswith(";") and "\tA\t" in line.replace(" ", "\t")
+    ]
+    return status, answers
+
+
+def terminating_config(port: int, cert: object, key: object, backend: int) -> str:
+    """YAML for one tls listener whose default route terminates TLS with
+    `cert`/`key` and sends plaintext to 127.0.0.1:`backend`."""
+    return f"""
+listeners:
+  - name: edge
+    address: 127.0.0.1
+    port: {port}
+    protocol: tls
+    routes:
+      - default: true
+        mode: terminate
+        certificate: {{cert: {cert}, key: {key}}}
+        backend: web
+backends:
+  - {{name: web, endpoints: ["127.0.0.1:{backend}"]}}
+"""

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.harness import require, wait_for
+from tests.integration.harness import parse_dig, require, wait_for
 
 
 def ip(*args: str) -> None:
@@ -120,13 +120,7 @@ def dig(ns: Namespace, server: str, name: str) -> tuple[str, list[str]]:
     out = ns.run(
         "dig", f"@{server}", name, "A", "+time=2", "+tries=1", "+noall", "+comments", "+answer"
     ).stdout
-    status = out.split("status: ", 1)[1].split(",", 1)[0] if "status: " in out else "NONE"
-    answers = [
-        line.split()[-1]
-        for line in out.splitlines()
-        if line and not line.startswith(";") and "\tA\t" in line.replace(" ", "\t")
-    ]
-    return status, answers
+    return parse_dig(out)
 
 
 def add_mesh(ns: Namespace, address: str) -> None:

@@ -29,6 +29,7 @@ from tests.integration.harness import (
     port_open,
     require,
     running,
+    terminating_config,
     wait_for,
 )
 
@@ -353,20 +354,7 @@ def test_bad_certificate_rejected_at_start_and_on_reload(pki: Pki, tmp_path: Pat
     config = tmp_path / "tls.yaml"
 
     def write_config(cert_path: str) -> None:
-        config.write_text(f"""
-listeners:
-  - name: edge
-    address: 127.0.0.1
-    port: {port}
-    protocol: tls
-    routes:
-      - default: true
-        mode: terminate
-        certificate: {{cert: {cert_path}, key: {key}}}
-        backend: web
-backends:
-  - {{name: web, endpoints: ["127.0.0.1:9"]}}
-""")
+        config.write_text(terminating_config(port, cert_path, key, 9))
 
     broken = tmp_path / "broken.crt"
     broken.write_text("-----BEGIN CERTIFICATE-----\nnot a cert\n-----END CERTIFICATE-----\n")
@@ -511,23 +499,7 @@ def test_renewed_certificate_files_are_picked_up_without_dropping_connections(
     live_cert.write_bytes(Path(old_cert).read_bytes())
     live_key.write_bytes(Path(old_key).read_bytes())
     port = free_port()
-    config = write(
-        tmp_path / "tls.yaml",
-        f"""
-listeners:
-  - name: edge
-    address: 127.0.0.1
-    port: {port}
-    protocol: tls
-    routes:
-      - default: true
-        mode: terminate
-        certificate: {{cert: {live_cert}, key: {live_key}}}
-        backend: web
-backends:
-  - {{name: web, endpoints: ["127.0.0.1:{backend}"]}}
-""",
-    )
+    config = write(tmp_path / "tls.yaml", terminating_config(port, live_cert, live_key, backend))
     with running(["-c", str(config)], tmp_path) as mg:
         ctx = ssl.create_default_context(cafile=str(pki.ca_file))
         raw = socket.create_connection(("127.0.0.1", port), timeout=10)

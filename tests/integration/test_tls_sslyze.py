@@ -40,7 +40,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from tests.integration.harness import Peer, free_port, running
+from tests.integration.harness import Peer, free_port, running, terminating_config
 
 # Mozilla Server Side TLS v5.7, "intermediate" (as shipped in sslyze's
 # mozilla_tls_profile/5.7.json), in the names sslyze reports.
@@ -227,20 +227,7 @@ def test_terminating_listener_meets_mozilla_intermediate(
     )
     port = free_port()
     config = tmp_path / "tls.yaml"
-    config.write_text(f"""
-listeners:
-  - name: edge
-    address: 127.0.0.1
-    port: {port}
-    protocol: tls
-    routes:
-      - default: true
-        mode: terminate
-        certificate: {{cert: {issued.cert}, key: {issued.key}}}
-        backend: web
-backends:
-  - {{name: web, endpoints: ["127.0.0.1:{backend}"]}}
-""")
+    config.write_text(terminating_config(port, issued.cert, issued.key, backend))
     with running(["-c", str(config)], tmp_path):
         # The route terminates and relays, for a client that checks the name.
         ctx = ssl.create_default_context(cafile=str(issued.ca_file))
