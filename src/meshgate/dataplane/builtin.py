@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, cast
 import httptools
 
 from meshgate import settings
-from meshgate.dataplane.listener import Traffic
+from meshgate.dataplane.listener import Traffic, client_text
 from meshgate.dataplane.pipe import IdleTimer, connection_ended, connection_opened
 from meshgate.routing.table import ListenerSpec, PoolSpec
 
@@ -52,8 +52,7 @@ class _Builtin(asyncio.Protocol):
         # uvloop's transports implement asyncio.Transport without subclassing it.
         self.transport = tr = cast(asyncio.Transport, transport)
         tr.set_write_buffer_limits(settings.WRITE_HIGH_WATER, settings.WRITE_LOW_WATER)
-        peer = tr.get_extra_info("peername")
-        self.client = f"{peer[0]}:{peer[1]}" if peer else "-"
+        self.client = client_text(tr)
         connection_opened(self.listener, self)
         self.idle = IdleTimer(self._loop, self.pool.timeouts.idle, self._idle)
 

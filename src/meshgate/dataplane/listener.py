@@ -24,7 +24,7 @@ from typing import Any, Protocol
 from meshgate import settings
 from meshgate.dataplane.certs import TlsStore
 from meshgate.obs.metrics import Metrics
-from meshgate.routing.table import ListenerSpec
+from meshgate.routing.table import ListenerSpec, hostport
 from meshgate.upstream.pool import PoolRegistry
 
 log = logging.getLogger("meshgate.listener")
@@ -58,6 +58,13 @@ class Context:
     metrics: Metrics
     pools: PoolRegistry
     tls: TlsStore
+
+
+def client_text(transport: asyncio.BaseTransport, announced: tuple[str, int] | None = None) -> str:
+    """The client as "host:port" for logs: the address a PROXY header
+    announced, else the socket's peer; "-" when neither is known."""
+    peer = announced or transport.get_extra_info("peername")
+    return hostport(peer[0], peer[1]) if peer else "-"
 
 
 async def open_tcp_server(

@@ -23,9 +23,9 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, cast
 
 from meshgate import aio, settings
-from meshgate.dataplane.listener import Tracked, Traffic
+from meshgate.dataplane.listener import Tracked, Traffic, client_text
 from meshgate.protocols.proxy_protocol import encode_v1, encode_v2
-from meshgate.routing.table import ListenerSpec, PoolSpec, hostport
+from meshgate.routing.table import ListenerSpec, PoolSpec
 from meshgate.upstream.connect import NoEndpointAvailable, connect
 from meshgate.upstream.pool import EndpointState
 
@@ -191,9 +191,7 @@ class Relay(asyncio.Protocol):
         # uvloop's transports implement asyncio.Transport without subclassing it.
         self.client = client = cast(asyncio.Transport, transport)
         self.client_open = True
-        peer = self.peer or client.get_extra_info("peername")
-        if peer:
-            self.client_addr = hostport(peer[0], peer[1])
+        self.client_addr = client_text(client, self.peer)
         # Nothing is read until the upstream is there to take it.
         client.pause_reading()
         client.set_write_buffer_limits(settings.WRITE_HIGH_WATER, settings.WRITE_LOW_WATER)

@@ -17,7 +17,7 @@ import logging
 from collections.abc import Callable
 from typing import cast
 
-from meshgate.dataplane.listener import Listener
+from meshgate.dataplane.listener import Listener, client_text
 from meshgate.errors import ProtocolError
 from meshgate.protocols.proxy_protocol import parse_proxy_header
 from meshgate.protocols.result import NEED_MORE
@@ -65,7 +65,7 @@ class ProxyHeaderReader(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
         peer = transport.get_extra_info("peername")
-        self.peer = f"{peer[0]}:{peer[1]}" if peer else "-"
+        self.peer = client_text(transport)
         if not peer or not is_trusted(peer[0], self.spec.trusted):
             self._reject("untrusted_source")
             return

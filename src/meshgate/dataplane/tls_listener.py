@@ -19,6 +19,7 @@ import logging
 import ssl
 from typing import cast
 
+from meshgate.dataplane.listener import client_text
 from meshgate.dataplane.pipe import Relay
 from meshgate.dataplane.proxy_accept import Peer
 from meshgate.dataplane.stream import StreamListener
@@ -27,7 +28,7 @@ from meshgate.errors import ProtocolError
 from meshgate.protocols.result import NEED_MORE
 from meshgate.protocols.tls_hello import parse_client_hello
 from meshgate.routing.match import select_sni
-from meshgate.routing.table import ListenerSpec, SniRoutes, TlsRouteSpec, hostport
+from meshgate.routing.table import ListenerSpec, SniRoutes, TlsRouteSpec
 
 log = logging.getLogger("meshgate.tls")
 
@@ -70,9 +71,7 @@ class HelloPeeker(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
-        peer = self.peer or transport.get_extra_info("peername")
-        if peer:
-            self.client = hostport(peer[0], peer[1])
+        self.client = client_text(transport, self.peer)
         loop = asyncio.get_running_loop()
         self._timer = loop.call_later(self.routes.hello_timeout, self._too_slow)
 
