@@ -252,12 +252,6 @@ class Runtime:
             extra={"fields": {"context": context.get("message", "")}},
         )
 
-    def stop(self) -> None:
-        self._stop.set()
-
-    def request_reload(self) -> None:
-        self._reload.set()
-
     async def _reload_loop(self) -> None:
         # Signals that arrive during a reload coalesce into one more reload.
         while True:
