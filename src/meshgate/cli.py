@@ -7,6 +7,7 @@ stderr with its source, object and field).
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import sys
 from typing import Annotated
@@ -17,6 +18,7 @@ from rich.console import Console
 
 from meshgate import __version__
 from meshgate.admin import parse_listen
+from meshgate.config.manifests import IngressOptions
 from meshgate.config.model import AUTO, Config, check_dns_listen
 from meshgate.errors import ConfigError
 from meshgate.mesh.bindaddr import BIND_WAIT
@@ -26,6 +28,7 @@ from meshgate.routing.compile import compile_table, needs_mesh
 from meshgate.runtime import Runtime, RuntimeOptions, StartupError, check_tls, resolve_options
 from meshgate.sources import ConfigSource, load_all
 from meshgate.sources.file import FileSource
+from meshgate.sources.manifests import ManifestSource
 from meshgate.sources.static import RulesSource
 
 app = typer.Typer(
@@ -106,6 +109,52 @@ BindWait = Annotated[
 ClusterBind = Annotated[
     str, typer.Option("--cluster-bind", metavar="IP", help="Address egress rules listen on.")
 ]
+Manifests = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--manifests",
+        metavar="PATH",
+        help="Kubernetes manifests (file or directory, multi-document YAML): Ingress, "
+        "IngressClass, Service, EndpointSlice and TLS Secret objects, served as "
+        "HTTP/HTTPS ingress (repeatable).",
+    ),
+]
+IngressClass = Annotated[
+    str,
+    typer.Option("--ingress-class", metavar="NAME", help="Ingress class meshgate serves."),
+]
+HttpListen = Annotated[
+    str | None,
+    typer.Option(
+        "--http-listen",
+        metavar="ADDR:PORT|off",
+        help="Where Ingress HTTP traffic is served; default port 80 on the --bind address.",
+    ),
+]
+HttpsListen = Annotated[
+    str | None,
+    typer.Option(
+        "--https-listen",
+        metavar="ADDR:PORT|off",
+        help="Where Ingress HTTPS traffic is served; default port 443 on the --bind address.",
+    ),
+]
+
+
+def _ingress_options(
+    bind: str, ingress_class: str, http_listen: str | None, https_listen: str | None
+) -> IngressOptions:
+    """Ingress listens on the ingress bind address unless told otherwise."""
+    try:
+        ip = ipaddress.ip_address(bind)
+        host = f"[{ip}]" if ip.version == 6 else str(ip)
+    except ValueError:
+        host = AUTO  # auto, or an interface name (its address is the mesh address)
+    return IngressOptions(
+        ingress_class=ingress_class,
+        http_listen=http_listen or f"{host}:80",
+        https_listen=https_listen or f"{host}:443",
+    )
 
 
 def _sources(
@@ -115,6 +164,8 @@ def _sources(
     bind: str,
     cluster_bind: str,
     dns_name: str | None = None,
+    manifests: list[str] | None = None,
+    ingress_options: IngressOptions | None = None,
 ) -> list[ConfigSource]:
     sources: list[ConfigSource] = []
     if ingress or egress:
@@ -128,15 +179,31 @@ def _sources(
             )
         )
     sources.extend(FileSource(path) for path in files or [])
+    if manifests:
+        sources.append(ManifestSource(manifests, ingress_options or IngressOptions()))
     return sources
+
+
+def _print_notes(sources: list[ConfigSource], console: Console) -> int:
+    """Print what manifest sources skipped or ignored; return the problem count."""
+    count = 0
+    for source in sources:
+        if not isinstance(source, ManifestSource):
+            continue
+        for problem in source.problems:
+            console.print(f"problem: {problem}", markup=False)
+        for note in source.notes:
+            console.print(f"note: {note}", markup=False)
+        count += len(source.problems)
+    return count
 
 
 def _load_or_exit(sources: list[ConfigSource]) -> Config:
     err = Console(stderr=True, highlight=False, soft_wrap=True)
     if not sources:
         err.print(
-            "meshgate: no configuration: give --ingress/--egress rules or -c FILE "
-            "(see meshgate run --help)"
+            "meshgate: no configuration: give --ingress/--egress rules, -c FILE or "
+            "--manifests PATH (see meshgate run --help)"
         )
         raise typer.Exit(2)
     try:
@@ -185,10 +252,23 @@ def run(
     bind_wait: BindWait = None,
     dns_name: DnsName = None,
     dns_listen: DnsListen = None,
+    manifests: Manifests = None,
+    ingress_class: IngressClass = "meshgate",
+    http_listen: HttpListen = None,
+    https_listen: HttpsListen = None,
 ) -> None:
     """Run the data plane: listen, route and forward until SIGTERM (SIGHUP reloads)."""
     mlog.setup(log_format, log_level)
-    sources = _sources(ingress, egress, config, bind, cluster_bind, dns_name)
+    sources = _sources(
+        ingress,
+        egress,
+        config,
+        bind,
+        cluster_bind,
+        dns_name,
+        manifests,
+        _ingress_options(bind, ingress_class, http_listen, https_listen),
+    )
     cfg = _load_or_exit(sources)
     admin_text, drain = resolve_options(cfg, admin, drain_timeout)
     try:
@@ -232,11 +312,28 @@ def check(
     cluster_bind: ClusterBind = "0.0.0.0",
     as_json: Annotated[bool, typer.Option("--json", help="Print the table as JSON.")] = False,
     dns_name: DnsName = None,
+    manifests: Manifests = None,
+    ingress_class: IngressClass = "meshgate",
+    http_listen: HttpListen = None,
+    https_listen: HttpsListen = None,
 ) -> None:
-    """Validate the configuration and print the routing table it compiles to."""
+    """Validate the configuration and print the routing table it compiles to.
+
+    Exits 2 when the configuration is invalid, 1 when manifests had objects
+    that were skipped (each printed with its kind, name and field), else 0.
+    """
     from meshgate.statusview import render_config
 
-    sources = _sources(ingress, egress, config, bind, cluster_bind, dns_name)
+    sources = _sources(
+        ingress,
+        egress,
+        config,
+        bind,
+        cluster_bind,
+        dns_name,
+        manifests,
+        _ingress_options(bind, ingress_class, http_listen, https_listen),
+    )
     cfg = _load_or_exit(sources)
     table = compile_table(
         cfg, version=1, sources=tuple(s.name for s in sources), mesh_addresses=(AUTO,)
@@ -245,6 +342,8 @@ def check(
         sys.stdout.write(json.dumps(table.to_json(), indent=2) + "\n")
     else:
         render_config(table.to_json(), Console(highlight=False))
+    if _print_notes(sources, Console(stderr=True, highlight=False, soft_wrap=True)):
+        raise typer.Exit(1)
 
 
 @app.command()

@@ -155,7 +155,23 @@ class Runtime:
         self._log_mesh("mesh address")
         return True
 
+    def report_skipped(self) -> None:
+        """Log what sources skipped (invalid Kubernetes objects) and ignored."""
+        for problem in self.skipped()["problems"]:
+            log.warning("object skipped", extra={"fields": {"problem": problem}})
+        for note in self.skipped()["notes"]:
+            log.info("object ignored", extra={"fields": {"note": note}})
+
+    def skipped(self) -> dict[str, list[str]]:
+        problems: list[str] = []
+        notes: list[str] = []
+        for source in self.sources:
+            problems.extend(str(p) for p in getattr(source, "problems", ()))
+            notes.extend(getattr(source, "notes", ()))
+        return {"problems": problems, "notes": notes}
+
     async def serve(self) -> None:
+        self.report_skipped()
         if needs_mesh(self.current_config) and not await self._await_mesh():
             return
         self.table = self._compile(self.current_config, self.version)
@@ -277,6 +293,7 @@ class Runtime:
         except ConfigError as exc:
             self._rejected(exc)
             return False
+        self.report_skipped()
         if needs_mesh(config) and self.mesh is None:
             # A reload added the first `auto` listener: look once, no waiting.
             state = await netstate()
@@ -417,6 +434,7 @@ class Runtime:
             "admin": self.admin_address,
             "mesh": self._mesh_json(),
             "dns": self._dns_json(),
+            "skipped": self.skipped(),
         }
 
     def _dns_json(self) -> dict[str, Any] | None:

@@ -126,6 +126,14 @@ def validate(config: Config, source: str, lines: Mapping[str, int] | None = None
                 for j, r in enumerate(listener.routes)
             ]
         )
+        if listener.http is not None:
+            refs.extend(
+                (f"listeners[{i}].http.routes[{j}].backend", r.backend)
+                for j, r in enumerate(listener.http.routes)
+                if r.backend is not None
+            )
+            if listener.http.default_backend is not None:
+                refs.append((f"listeners[{i}].http.default_backend", listener.http.default_backend))
         for field, name in refs:
             target = backends.get(name)
             if target is None:
@@ -135,7 +143,11 @@ def validate(config: Config, source: str, lines: Mapping[str, int] | None = None
                     field,
                     f"unknown backend '{name}'; known backends: {known}",
                 )
-            elif listener.protocol != "tcp" and target.builtin is not None:
+            elif (
+                listener.protocol != "tcp"
+                and target.builtin is not None
+                and ".http." not in field  # HTTP routes answer built-ins in-process
+            ):
                 add(
                     listener_label(i, listener),
                     field,

@@ -24,13 +24,14 @@ from pydantic import (
     model_validator,
 )
 
-Protocol = Literal["tcp", "udp", "tls"]
+Protocol = Literal["tcp", "udp", "tls", "http", "https"]
 
 # A listen address meaning "the mesh interface's addresses, as detected".
 AUTO = "auto"
 TlsMode = Literal["passthrough", "terminate"]
 ProxyVersion = Literal["v1", "v2"]
-Balance = Literal["round_robin", "random", "least_conn"]
+Balance = Literal["round_robin", "random", "least_conn", "least_request"]
+PathType = Literal["Exact", "Prefix", "Regex"]
 Builtin = Literal["hello", "echo"]
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
@@ -176,10 +177,28 @@ ExactName = Annotated[str, BeforeValidator(lambda v: check_exact_name(str(v)))]
 
 
 class Certificate(_Frozen):
-    """A certificate chain and its private key, as PEM files."""
+    """A certificate chain and its private key: PEM files, or PEM text inline
+    (what a Kubernetes `kubernetes.io/tls` Secret holds). Inline key material
+    is never shown by /config or `meshgate check`: `cert` then names its origin
+    (for example `secret:default/foo-tls`)."""
 
     cert: str
     key: str
+    cert_pem: str | None = None
+    key_pem: str | None = None
+
+    @model_validator(mode="after")
+    def _both_inline(self) -> Certificate:
+        if (self.cert_pem is None) != (self.key_pem is None):
+            raise ValueError("give both 'cert_pem' and 'key_pem', or neither")
+        return self
+
+
+class HostCertificate(_Frozen):
+    """The certificate an `https` listener presents for these server names."""
+
+    hosts: tuple[ServerName, ...]
+    certificate: Certificate
 
 
 class UpstreamTls(_Frozen):
@@ -187,7 +206,9 @@ class UpstreamTls(_Frozen):
     serversTransport). Verification is on unless spelled out as off."""
 
     sni: ExactName | None = None  # default: the endpoint's host name
-    ca: str | None = None  # PEM bundle; default: the system roots
+    ca: str | None = None  # PEM bundle file; default: the system roots
+    # The bundle as PEM text (a Kubernetes Secret's ca.crt); `ca` then names its origin.
+    ca_pem: str | None = None
     insecure_skip_verify: bool = False
     alpn: tuple[str, ...] = ()
 
@@ -202,10 +223,13 @@ class Backend(_Frozen):
     timeouts: Timeouts = Timeouts()
     tls: UpstreamTls | None = None
     proxy_protocol: ProxyVersion | None = None  # send a PROXY header to the backend
+    # Endpoints come from discovery (EndpointSlices) and may be none right now:
+    # such a backend answers 503 (HTTP) or refuses (TCP) instead of being an error.
+    allow_empty: bool = False
 
     @model_validator(mode="after")
     def _one_kind(self) -> Backend:
-        if self.builtin is None and not self.endpoints:
+        if self.builtin is None and not self.endpoints and not self.allow_empty:
             raise ValueError("a backend needs 'endpoints' or 'builtin'")
         if self.builtin is not None and self.endpoints:
             raise ValueError("'endpoints' and 'builtin' exclude each other")
@@ -261,6 +285,85 @@ class TlsOptions(_Frozen):
     hello_timeout: Duration = 5.0
     max_hello: Annotated[int, Field(ge=512, le=65536, strict=True)] = 16384
     default_certificate: Certificate | None = None
+    # https: certificates chosen by SNI; without a match, `default_certificate`,
+    # else a self-signed one generated at start.
+    certificates: tuple[HostCertificate, ...] = ()
+
+
+Size = Annotated[int, Field(ge=0, strict=True)]
+
+
+def check_path(value: str) -> str:
+    if not value.startswith("/"):
+        raise ValueError(f"a path starts with '/', got {value!r}")
+    if any(ch in value for ch in " \t\r\n\x00"):
+        raise ValueError(f"a path cannot contain spaces or control characters: {value!r}")
+    return value
+
+
+class HttpRoute(_Frozen):
+    """Host + path -> backend, with the per-route options Ingress annotations set.
+
+    Host: exact, or `*.suffix` for one label; none means any host. Path types
+    follow Ingress v1 (`Exact`, `Prefix`); `Regex` is an anchored,
+    case-insensitive regular expression (ingress-nginx `use-regex`)."""
+
+    host: ServerName | None = None
+    path: str = "/"
+    path_type: PathType = "Prefix"
+    backend: Name | None = None  # None: only for redirect routes (ssl_redirect/app_root)
+    rewrite_target: str | None = None  # "/$2": capture groups of a Regex path
+    ssl_redirect: bool = False  # plain-HTTP requests get 308 to https
+    app_root: str | None = None  # requests for "/" get 302 to this path
+    allow: tuple[Network, ...] = ()  # client CIDRs; others get 403 (empty: everyone)
+    max_body: Size | None = None  # bytes; larger request bodies get 413
+    connect_timeout: Duration | None = None  # default: the backend's
+    read_timeout: Duration | None = None  # upstream response (and between reads)
+    origin: str = ""  # where the route came from, e.g. "Ingress default/web"
+
+    @field_validator("path")
+    @classmethod
+    def _path(cls, value: str) -> str:
+        return check_path(value) if value else "/"
+
+    @model_validator(mode="after")
+    def _shape(self) -> HttpRoute:
+        if self.path_type == "Regex":
+            try:
+                re.compile(self.path)
+            except re.error as exc:
+                raise ValueError(f"path is not a valid regular expression: {exc}") from None
+        if self.app_root is not None:
+            check_path(self.app_root)
+        if self.backend is None and not (self.ssl_redirect or self.app_root):
+            raise ValueError("a route needs a 'backend' (or only redirects)")
+        return self
+
+
+class HttpOptions(_Frozen):
+    """An http or https listener: its routes and its limits."""
+
+    routes: tuple[HttpRoute, ...] = ()
+    default_backend: Name | None = None  # what no route takes; without it, 404
+    max_request_line: Annotated[int, Field(ge=256, le=1 << 20, strict=True)] = 8192
+    max_header_bytes: Annotated[int, Field(ge=1024, le=1 << 22, strict=True)] = 32768
+    max_headers: Annotated[int, Field(ge=8, le=10_000, strict=True)] = 100
+    max_body: Size | None = None  # default for routes without their own
+    header_timeout: Duration = 10.0  # the whole request head, from its first byte
+    keepalive_timeout: Duration = 75.0  # idle client connection between requests
+    read_timeout: Duration = 60.0  # upstream response, default for routes
+    # Clients whose own X-Forwarded-* / X-Request-ID headers are kept;
+    # from anyone else they are replaced.
+    trusted_proxies: tuple[Network, ...] = ()
+    https_port: Port = 443  # where ssl_redirect sends plain-HTTP clients
+    access_log: bool = True
+
+    @property
+    def backends(self) -> tuple[str, ...]:
+        names = [r.backend for r in self.routes if r.backend is not None]
+        if self.default_backend is not None:
+            names.append(self.default_backend)
+        return tuple(dict.fromkeys(names))
 
 
 class UdpOptions(_Frozen):
@@ -276,8 +379,9 @@ class Listener(_Frozen):
     port: Port
     protocol: Protocol = "tcp"
     backend: Name | None = None  # tcp and udp
-    routes: tuple[TlsRoute, ...] = ()  # tls
+    routes: tuple[TlsRoute, ...] = ()  # tls; https: passthrough routes by SNI
     tls: TlsOptions = TlsOptions()
+    http: HttpOptions | None = None  # http and https
     udp: UdpOptions = UdpOptions()
     proxy_protocol: ProxyProtocolAccept | None = None  # tcp and tls
     dns_name: ExactName | None = None  # served by the mesh DNS responder
@@ -299,8 +403,22 @@ class Listener(_Frozen):
                         f"route to '{route.backend}' terminates TLS but has no certificate "
                         "and the listener has no tls.default_certificate"
                     )
+        elif self.protocol in ("http", "https"):
+            if self.backend is not None or self.http is None:
+                raise ValueError(
+                    f"an {self.protocol} listener takes 'http' (routes), not 'backend'"
+                )
+            if self.protocol == "http" and self.routes:
+                raise ValueError("an http listener takes no SNI 'routes'")
+            if any(r.mode != "passthrough" or r.default for r in self.routes):
+                raise ValueError(
+                    "the SNI routes of an https listener are passthrough routes for "
+                    "named hosts (the rest is terminated and routed by 'http')"
+                )
         elif self.backend is None or self.routes:
             raise ValueError(f"a {self.protocol} listener takes 'backend', not 'routes'")
+        if self.http is not None and self.protocol not in ("http", "https"):
+            raise ValueError(f"a {self.protocol} listener takes no 'http' section")
         return self
 
     @property
@@ -308,7 +426,10 @@ class Listener(_Frozen):
         """Every backend name this listener sends to."""
         if self.backend is not None:
             return (self.backend,)
-        return tuple(dict.fromkeys(r.backend for r in self.routes))
+        names = [r.backend for r in self.routes]
+        if self.http is not None:
+            names.extend(self.http.backends)
+        return tuple(dict.fromkeys(names))
 
     @field_validator("protocol", mode="before")
     @classmethod

@@ -16,6 +16,7 @@ from typing import Any
 
 from meshgate import aio
 from meshgate.dataplane.certs import TlsStore
+from meshgate.dataplane.http_listener import HttpListener, HttpsListener
 from meshgate.dataplane.listener import Context, Listener, State
 from meshgate.dataplane.tcp import TcpListener
 from meshgate.dataplane.tls_listener import TlsListener
@@ -39,6 +40,10 @@ def _make(spec: ListenerSpec, ctx: Context) -> Listener:
         return UdpListener(spec, ctx)
     if spec.key.protocol == "tls":
         return TlsListener(spec, ctx)
+    if spec.key.protocol == "http":
+        return HttpListener(spec, ctx)
+    if spec.key.protocol == "https":
+        return HttpsListener(spec, ctx)
     return TcpListener(spec, ctx)
 
 
@@ -93,6 +98,7 @@ class Dataplane:
         waits = [listener.drain(deadline) for listener in self.listeners.values()]
         await asyncio.gather(*waits, *self._retiring.values())
         self.listeners.clear()
+        self.ctx.keepalive.close_all()
 
     def flush(self) -> None:
         """Bring byte counters in /metrics up to date (called before a scrape)."""

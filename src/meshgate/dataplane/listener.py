@@ -17,7 +17,7 @@ import asyncio
 import logging
 from abc import ABC, abstractmethod
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, Protocol
 
@@ -25,6 +25,7 @@ from meshgate import settings
 from meshgate.dataplane.certs import TlsStore
 from meshgate.obs.metrics import Metrics
 from meshgate.routing.table import ListenerSpec, hostport
+from meshgate.upstream.http_conn import KeepAlive
 from meshgate.upstream.pool import PoolRegistry
 
 log = logging.getLogger("meshgate.listener")
@@ -58,6 +59,7 @@ class Context:
     metrics: Metrics
     pools: PoolRegistry
     tls: TlsStore
+    keepalive: KeepAlive = field(default_factory=KeepAlive)  # idle upstream HTTP connections
 
 
 def client_text(transport: asyncio.BaseTransport, announced: tuple[str, int] | None = None) -> str:

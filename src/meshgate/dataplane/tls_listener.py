@@ -86,22 +86,36 @@ class HelloPeeker(asyncio.Protocol):
             return
         if hello is NEED_MORE:
             return
-        route = select_sni(self.routes, hello.sni)
+        self._route(hello.sni)
+
+    def _route(self, sni: str | None) -> None:
+        """Pick the route for the hello's server name and hand the connection on."""
+        route = select_sni(self.routes, sni)
         if route is None:
-            self._reject("unknown_sni" if hello.sni else "no_sni", hello.sni)
+            self._reject("unknown_sni" if sni else "no_sni", sni)
             return
-        self._hand_off(route, hello.sni)
+        self._hand_off(route, sni)
 
     def _hand_off(self, route: TlsRouteSpec, sni: str | None) -> None:
+        relay = Relay(self.listener, self.spec, route.pool, sni, self.peer)
+        if route.mode == "passthrough":
+            self._pass_through(relay)
+            return
+        self._terminate(self.listener.ctx.tls.server_side(route), relay, sni)
+
+    def _pass_through(self, app: asyncio.Protocol) -> None:
+        """Give the connection, untouched, to `app`, replaying the peeked bytes."""
+        assert self.transport is not None
+        self._finish()
+        self.transport.set_protocol(app)
+        app.connection_made(self.transport)
+        app.data_received(self.buf)
+
+    def _terminate(self, ctx: ssl.SSLContext, app: asyncio.Protocol, sni: str | None) -> None:
+        """Decrypt the connection with `ctx` and give the plaintext to `app`."""
         assert self.transport is not None
         self._finish()
         transport, listener = self.transport, self.listener
-        relay = Relay(listener, self.spec, route.pool, sni, self.peer)
-        if route.mode == "passthrough":
-            transport.set_protocol(relay)
-            relay.connection_made(transport)
-            relay.data_received(self.buf)
-            return
         metrics = listener.ctx.metrics
 
         def handshake(obj: ssl.SSLObject | None, failure: str | None) -> None:
@@ -111,7 +125,7 @@ class HelloPeeker(asyncio.Protocol):
             else:
                 metrics.tls_handshakes.labels(self.spec.name, obj.version() or "?").inc()
 
-        terminator = TlsTerminator(listener.ctx.tls.server_side(route), relay, handshake)
+        terminator = TlsTerminator(ctx, app, handshake)
         transport.set_protocol(terminator)
         terminator.connection_made(transport)
         terminator.data_received(self.buf)

@@ -12,6 +12,7 @@ from prometheus_client import (
     CollectorRegistry,
     Counter,
     Gauge,
+    Histogram,
     disable_created_metrics,
     generate_latest,
 )
@@ -96,6 +97,37 @@ class Metrics:
         self.internal_errors = Counter(
             "meshgate_internal_errors",
             "Unexpected exceptions caught by the event loop (each closed one connection)",
+            registry=r,
+        )
+        self.http_requests = Counter(
+            "meshgate_http_requests",
+            "HTTP requests answered, by route and status code",
+            ("listener", "route", "code"),
+            registry=r,
+        )
+        self.http_duration = Histogram(
+            "meshgate_http_request_duration_seconds",
+            "Time from the request head to the end of the response, by route",
+            ("listener", "route"),
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+            registry=r,
+        )
+        self.http_rejected = Counter(
+            "meshgate_http_rejected",
+            "HTTP requests refused before routing (malformed, smuggling, limits), by reason",
+            ("listener", "reason"),
+            registry=r,
+        )
+        self.http_upstream_errors = Counter(
+            "meshgate_http_upstream_errors",
+            "Upstream exchanges that failed, by reason",
+            ("backend", "reason"),
+            registry=r,
+        )
+        self.http_upstream_connections = Counter(
+            "meshgate_http_upstream_connections",
+            "Upstream connections used for a request: new, or reused from keep-alive",
+            ("backend", "kind"),
             registry=r,
         )
         self.reloads = Counter(

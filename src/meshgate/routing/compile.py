@@ -8,17 +8,33 @@ no checking of its own: the Config has passed `merge.validate` already.
 
 from __future__ import annotations
 
+import ipaddress
+import re
 from collections.abc import Mapping
 
-from meshgate.config.model import AUTO, Backend, Certificate, Config, Listener, TlsRoute
+from meshgate.config.model import (
+    AUTO,
+    Backend,
+    Certificate,
+    Config,
+    HttpOptions,
+    HttpRoute,
+    Listener,
+    TlsRoute,
+)
+from meshgate.routing.http_match import index_routes
 from meshgate.routing.table import (
     CertRef,
     EndpointAddr,
+    HttpLimits,
+    HttpRoutes,
+    HttpRouteSpec,
     ListenerKey,
     ListenerSpec,
     PoolSpec,
     ProxyAcceptSpec,
     RouteTable,
+    ServerCerts,
     SniRoutes,
     Timeouts,
     TlsRouteSpec,
@@ -76,7 +92,7 @@ def _pool(backend: Backend, resolve: Mapping[str, str]) -> PoolSpec:
         ),
         builtin=backend.builtin,
         tls=(
-            UpstreamTlsSpec(tls.sni, tls.ca, tls.insecure_skip_verify, tls.alpn)
+            UpstreamTlsSpec(tls.sni, tls.ca, tls.insecure_skip_verify, tls.alpn, tls.ca_pem)
             if tls is not None
             else None
         ),
@@ -96,7 +112,78 @@ def _get(pools: dict[str, PoolSpec], name: str, listener: Listener) -> PoolSpec:
 
 
 def _cert(cert: Certificate | None) -> CertRef | None:
-    return CertRef(cert.cert, cert.key) if cert is not None else None
+    if cert is None:
+        return None
+    pem = (cert.cert_pem, cert.key_pem) if cert.cert_pem and cert.key_pem else None
+    return CertRef(cert.cert, cert.key, pem)
+
+
+def _server_certs(listener: Listener) -> ServerCerts:
+    exact: dict[str, CertRef] = {}
+    wildcard: dict[str, CertRef] = {}
+    for entry in listener.tls.certificates:
+        ref = _cert(entry.certificate)
+        assert ref is not None
+        for name in entry.hosts:
+            # The first certificate naming a host wins, as in config order.
+            if name.startswith("*."):
+                wildcard.setdefault(name[2:], ref)
+            else:
+                exact.setdefault(name, ref)
+    return ServerCerts(exact, wildcard, _cert(listener.tls.default_certificate))
+
+
+def _http_route(
+    route: HttpRoute, options: HttpOptions, listener: Listener, pools: dict[str, PoolSpec]
+) -> HttpRouteSpec:
+    return HttpRouteSpec(
+        host=route.host,
+        path=route.path,
+        path_type=route.path_type,
+        pool=_get(pools, route.backend, listener) if route.backend is not None else None,
+        rewrite_target=route.rewrite_target,
+        ssl_redirect=route.ssl_redirect,
+        app_root=route.app_root,
+        allow=tuple(ipaddress.ip_network(net) for net in route.allow),
+        max_body=route.max_body if route.max_body is not None else options.max_body,
+        connect_timeout=route.connect_timeout,
+        read_timeout=route.read_timeout or options.read_timeout,
+        origin=route.origin,
+        # ingress-nginx regex locations: `~* ^path`, anchored at the start only.
+        pattern=re.compile(route.path, re.IGNORECASE) if route.path_type == "Regex" else None,
+    )
+
+
+def _http_routes(listener: Listener, pools: dict[str, PoolSpec]) -> HttpRoutes:
+    options = listener.http
+    assert options is not None
+    routes = tuple(_http_route(r, options, listener, pools) for r in options.routes)
+    default = (
+        _http_route(
+            HttpRoute(backend=options.default_backend, origin="default backend"),
+            options,
+            listener,
+            pools,
+        )
+        if options.default_backend is not None
+        else None
+    )
+    return HttpRoutes(
+        routes=routes,
+        default=default,
+        index=index_routes(routes),
+        limits=HttpLimits(
+            max_request_line=options.max_request_line,
+            max_header_bytes=options.max_header_bytes,
+            max_headers=options.max_headers,
+            max_body=options.max_body,
+            header_timeout=options.header_timeout,
+            keepalive_timeout=options.keepalive_timeout,
+            trusted_proxies=tuple(ipaddress.ip_network(n) for n in options.trusted_proxies),
+            https_port=options.https_port,
+            access_log=options.access_log,
+        ),
+    )
 
 
 def _route(route: TlsRoute, listener: Listener, pools: dict[str, PoolSpec]) -> TlsRouteSpec:
@@ -141,7 +228,9 @@ def _listener(listener: Listener, address: str, pools: dict[str, PoolSpec]) -> L
             flow_idle_timeout=listener.udp.flow_idle_timeout,
             max_flows=listener.udp.max_flows,
         ),
-        sni=_sni_routes(listener, pools) if listener.protocol == "tls" else None,
+        sni=_sni_routes(listener, pools) if listener.protocol in ("tls", "https") else None,
+        http=_http_routes(listener, pools) if listener.http is not None else None,
+        certs=_server_certs(listener) if listener.protocol == "https" else None,
         dns_name=listener.dns_name,
         proxy_accept=(
             ProxyAcceptSpec(listener.proxy_protocol.trusted, listener.proxy_protocol.timeout)

@@ -8,7 +8,7 @@ and a trailing dot is ignored. No SNI at all goes to the default route.
 
 from __future__ import annotations
 
-from meshgate.routing.table import SniRoutes, TlsRouteSpec
+from meshgate.routing.table import CertRef, ServerCerts, SniRoutes, TlsRouteSpec
 
 
 def select_sni(routes: SniRoutes, sni: str | None) -> TlsRouteSpec | None:
@@ -25,3 +25,17 @@ def select_sni(routes: SniRoutes, sni: str | None) -> TlsRouteSpec | None:
         if route is not None:
             return route
     return routes.default
+
+
+def select_cert(certs: ServerCerts, name: str | None) -> CertRef | None:
+    """The certificate an https listener presents for `name`: exact, then
+    one-label wildcard, then the default (None: the generated one)."""
+    if name:
+        name = name.lower().rstrip(".")
+        ref = certs.exact.get(name)
+        if ref is not None:
+            return ref
+        _, dot, parent = name.partition(".")
+        if dot and (ref := certs.wildcard.get(parent)) is not None:
+            return ref
+    return certs.default

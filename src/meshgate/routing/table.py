@@ -8,10 +8,13 @@ higher `version`, and every connection keeps the table it was accepted with.
 
 from __future__ import annotations
 
+import ipaddress
+import re
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-Protocol = Literal["tcp", "udp", "tls"]
+Protocol = Literal["tcp", "udp", "tls", "http", "https"]
+IpNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
 def hostport(host: str, port: int) -> str:
@@ -46,10 +49,21 @@ class EndpointAddr:
 
 @dataclass(frozen=True, slots=True)
 class CertRef:
-    """A certificate chain and key by file path; the data plane loads them."""
+    """A certificate chain and key by file path, or inline PEM text (`pem`:
+    cert, key; then `cert` and `key` only name where it came from)."""
 
     cert: str
     key: str
+    pem: tuple[str, str] | None = field(default=None, repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class ServerCerts:
+    """An https listener's certificates by SNI (Ingress host semantics)."""
+
+    exact: dict[str, CertRef]
+    wildcard: dict[str, CertRef]  # "foo.com" for "*.foo.com"
+    default: CertRef | None  # None: a self-signed certificate generated at start
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +74,7 @@ class UpstreamTlsSpec:
     ca: str | None  # None: the system roots
     insecure_skip_verify: bool
     alpn: tuple[str, ...]
+    ca_pem: str | None = field(default=None, repr=False)  # inline bundle; `ca` names it
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,14 +136,76 @@ class ProxyAcceptSpec:
 
 
 @dataclass(frozen=True, slots=True)
+class HttpRouteSpec:
+    """One host + path rule of an http/https listener and its options."""
+
+    host: str | None  # exact or "*.suffix", lower case; None: any host
+    path: str
+    path_type: str  # Exact | Prefix | Regex
+    pool: PoolSpec | None  # None: a redirect-only route
+    rewrite_target: str | None
+    ssl_redirect: bool
+    app_root: str | None
+    allow: tuple[IpNetwork, ...]  # empty: every client
+    max_body: int | None
+    connect_timeout: float | None  # None: the backend's
+    read_timeout: float
+    origin: str
+    # Regex paths: compiled once, anchored at the start, case-insensitive.
+    pattern: re.Pattern[str] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class PathSet:
+    """The routes of one host (or of "any host"), indexed for path lookup by
+    `routing.http_match`."""
+
+    exact: dict[str, HttpRouteSpec]
+    prefix: dict[str, HttpRouteSpec]  # by normalised prefix ("" for "/")
+    regex: tuple[HttpRouteSpec, ...]  # in the order they are tried
+
+
+@dataclass(frozen=True, slots=True)
+class HostIndex:
+    exact: dict[str, PathSet]
+    wildcard: dict[str, PathSet]  # "foo.com" for "*.foo.com"
+    any_host: PathSet | None
+
+
+@dataclass(frozen=True, slots=True)
+class HttpLimits:
+    max_request_line: int
+    max_header_bytes: int
+    max_headers: int
+    max_body: int | None
+    header_timeout: float
+    keepalive_timeout: float
+    trusted_proxies: tuple[IpNetwork, ...]
+    https_port: int
+    access_log: bool
+
+
+@dataclass(frozen=True, slots=True)
+class HttpRoutes:
+    """An http/https listener's routing: built by `routing.http_match.index_routes`."""
+
+    routes: tuple[HttpRouteSpec, ...]  # in config order
+    default: HttpRouteSpec | None  # defaultBackend: what no rule takes
+    index: HostIndex
+    limits: HttpLimits
+
+
+@dataclass(frozen=True, slots=True)
 class ListenerSpec:
     key: ListenerKey
     name: str
     pool: PoolSpec | None  # tcp, udp
     udp: UdpSpec
-    sni: SniRoutes | None = None  # tls
+    sni: SniRoutes | None = None  # tls; https: the passthrough hosts
     proxy_accept: ProxyAcceptSpec | None = None
     dns_name: str | None = None  # a mesh DNS name answering with this listener's address
+    http: HttpRoutes | None = None  # http, https
+    certs: ServerCerts | None = None  # https
 
     @property
     def l4_pool(self) -> PoolSpec:
@@ -141,7 +218,12 @@ class ListenerSpec:
     def pools(self) -> tuple[PoolSpec, ...]:
         if self.pool is not None:
             return (self.pool,)
-        return tuple(r.pool for r in self.sni.routes) if self.sni else ()
+        pools = [r.pool for r in self.sni.routes] if self.sni else []
+        if self.http is not None:
+            pools.extend(r.pool for r in self.http.routes if r.pool is not None)
+            if self.http.default is not None and self.http.default.pool is not None:
+                pools.append(self.http.default.pool)
+        return tuple({p.name: p for p in pools}.values())
 
     @property
     def backend_label(self) -> str:
@@ -196,9 +278,11 @@ class RouteTable:
                     ),
                     **(
                         {"routes": [_route_json(r) for r in spec.sni.routes]}
-                        if spec.sni is not None
+                        if spec.sni is not None and spec.sni.routes
                         else {}
                     ),
+                    **({"http": _http_json(spec.http)} if spec.http is not None else {}),
+                    **({"certificates": _certs_json(spec.certs)} if spec.certs is not None else {}),
                     **(
                         {
                             "udp": {
@@ -248,4 +332,43 @@ def _route_json(route: TlsRouteSpec) -> dict[str, Any]:
         "backend": route.pool.name,
         "certificate": route.cert.cert if route.cert else None,
         "alpn": list(route.alpn),
+    }
+
+
+def _http_route_json(route: HttpRouteSpec) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "host": route.host,
+        "path": route.path,
+        "path_type": route.path_type,
+        "backend": route.pool.name if route.pool else None,
+        "origin": route.origin,
+    }
+    optional = {
+        "rewrite_target": route.rewrite_target,
+        "ssl_redirect": route.ssl_redirect or None,
+        "app_root": route.app_root,
+        "allow": [str(n) for n in route.allow] or None,
+        "max_body": route.max_body,
+        "connect_timeout": route.connect_timeout,
+    }
+    out.update({k: v for k, v in optional.items() if v is not None})
+    out["read_timeout"] = route.read_timeout
+    return out
+
+
+def _http_json(http: HttpRoutes) -> dict[str, Any]:
+    return {
+        "routes": [_http_route_json(r) for r in http.routes],
+        "default_backend": (http.default.pool.name if http.default and http.default.pool else None),
+    }
+
+
+def _certs_json(certs: ServerCerts) -> dict[str, Any]:
+    # Names where a certificate came from, never its PEM (Secrets stay secret).
+    return {
+        "hosts": {
+            **{name: ref.cert for name, ref in certs.exact.items()},
+            **{f"*.{name}": ref.cert for name, ref in certs.wildcard.items()},
+        },
+        "default": certs.default.cert if certs.default else "generated:self-signed",
     }

@@ -67,22 +67,31 @@ def _plain(pool: PoolSpec, addr: EndpointAddr) -> None:
 
 
 async def connect(
-    pool: Pool, factory: Callable[[], P], metrics: Metrics, tls_for: TlsFor = _plain
+    pool: Pool,
+    factory: Callable[[], P],
+    metrics: Metrics,
+    tls_for: TlsFor = _plain,
+    *,
+    candidates: list[EndpointState] | None = None,
+    connect_timeout: float | None = None,
 ) -> tuple[asyncio.Transport, P, EndpointState]:
     """Open a connection to the first endpoint of `pool` that accepts one.
 
     With `tls_for` answering a context, the connection is TLS and counts as
-    made only once the handshake (and certificate check) succeeded. The caller
+    made only once the handshake (and certificate check) succeeded.
+    `candidates` (default: the pool's order now) and `connect_timeout` (default: the
+    backend's connect timeout) let an HTTP route choose. The caller
     must decrement `in_flight` of the returned endpoint when the connection ends.
     """
     loop = asyncio.get_running_loop()
     spec = pool.spec
+    timeout = connect_timeout or spec.timeouts.connect
     attempts: list[Attempt] = []
-    for ep in pool.candidates(loop.time()):
+    for ep in candidates if candidates is not None else pool.candidates(loop.time()):
         ep.in_flight += 1
         tls = tls_for(spec, ep.addr)
         try:
-            async with asyncio.timeout(spec.timeouts.connect):
+            async with asyncio.timeout(timeout):
                 if tls is None:
                     transport, protocol = await loop.create_connection(
                         factory, ep.addr.connect_host, ep.addr.port
@@ -94,7 +103,7 @@ async def connect(
                         ep.addr.port,
                         ssl=tls[0],
                         server_hostname=tls[1] or "",
-                        ssl_handshake_timeout=spec.timeouts.connect,
+                        ssl_handshake_timeout=timeout,
                     )
         except (OSError, TimeoutError) as exc:
             ep.in_flight -= 1

@@ -71,6 +71,11 @@ class Pool:
             return []
         if self.spec.balance == "random":
             start = self._random.randrange(n)
+        elif self.spec.balance == "least_request" and n > 1:
+            # Power of two choices: two distinct random endpoints, the less
+            # busy wins (Envoy's LEAST_REQUEST); no herd on one idle endpoint.
+            a, b = self._random.sample(range(n), 2)
+            start = a if eps[a].in_flight <= eps[b].in_flight else b
         elif self.spec.balance == "least_conn":
             start = min(range(n), key=lambda i: (eps[i].in_flight, (i - self._cursor) % n))
             self._cursor = (start + 1) % n

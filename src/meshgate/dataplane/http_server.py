@@ -1,0 +1,313 @@
+"""The client side of the HTTP reverse proxy: one `HttpServer` per connection.
+
+It feeds bytes to the sans-I/O `protocols.http1.RequestParser` and runs one
+`Exchange` (dataplane/http_exchange.py) at a time; pipelined requests wait in
+`pending`, and reading pauses while they do, so a client cannot make meshgate
+buffer without bound. Framing errors (smuggling shapes, limits) are answered
+with their status and the connection is closed after the response had a
+chance to arrive (a lingering close: the write side is shut, what the client
+still sends is read and dropped for a moment, then the socket closes).
+
+Timers: the first request head must be complete within `header_timeout` of
+the connection; between requests the connection may idle `keepalive_timeout`,
+then the next head again has `header_timeout` from its first byte.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+from collections import deque
+from collections.abc import Callable
+from typing import TYPE_CHECKING, cast
+
+from meshgate.dataplane.listener import Traffic, client_text
+from meshgate.dataplane.pipe import connection_ended, connection_opened
+from meshgate.dataplane.proxy_accept import Peer
+from meshgate.protocols.http1 import (
+    EndOfMessage,
+    HttpError,
+    Limits,
+    RequestEvent,
+    RequestHead,
+    RequestParser,
+    Upgraded,
+)
+from meshgate.protocols.http_forward import simple_response
+from meshgate.routing.table import CertRef, ListenerSpec
+
+if TYPE_CHECKING:
+    from meshgate.dataplane.http_exchange import Exchange
+    from meshgate.dataplane.listener import Listener
+
+log = logging.getLogger("meshgate.http")
+
+LINGER = 2.0  # seconds a closing connection keeps reading so the client sees our answer
+BACKEND_LABEL = "http"  # connection-level metrics; per-route figures are in http_* metrics
+
+
+class HttpServer(asyncio.Protocol):
+    def __init__(
+        self,
+        listener: Listener,
+        spec: ListenerSpec,
+        peer: Peer | None,
+        *,
+        scheme: str = "http",
+        sni: str | None = None,
+        cert: CertRef | None = None,
+    ) -> None:
+        assert spec.http is not None
+        self.listener = listener
+        self.spec = spec
+        self.routes = spec.http
+        self.peer = peer
+        self.scheme = scheme
+        self.sni = sni
+        self.cert = cert
+        limits = spec.http.limits
+        self.parser = RequestParser(
+            Limits(limits.max_request_line, limits.max_header_bytes, limits.max_headers)
+        )
+        self.transport: asyncio.Transport | None = None
+        self.pending: deque[RequestEvent] = deque()
+        self.exchange: Exchange | None = None
+        self.traffic = Traffic()
+        self.backend = BACKEND_LABEL
+        self.client = "-"
+        self.client_ip: ipaddress.IPv4Address | ipaddress.IPv6Address | None = None
+        self.trusted = False
+        self.requests = 0
+        self.closing = False
+        self.closed = False
+        self.tunnel = False  # upgraded: bytes go straight to the exchange
+        self.skip_body = False  # drop the rest of an answered request's body
+        self._timer: asyncio.TimerHandle | None = None
+        self._idle = True  # no byte of a next request seen yet
+        self._pumping = False
+        self.client_eof = False
+        self._paused = False
+        self._pause_reasons: set[str] = set()
+
+    # -- connection ------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+        self.client = client_text(transport, self.peer)
+        addr = self.peer or transport.get_extra_info("peername")
+        if addr:
+            try:
+                self.client_ip = ipaddress.ip_address(addr[0])
+            except ValueError:
+                self.client_ip = None
+        trusted = self.routes.limits.trusted_proxies
+        ip = self.client_ip
+        self.trusted = ip is not None and any(ip in net for net in trusted)
+        connection_opened(self.listener, self)
+        self.started = asyncio.get_running_loop().time()
+        self._arm(self.routes.limits.header_timeout, self._header_timeout)
+
+    def data_received(self, data: bytes) -> None:
+        self.traffic.bytes_in += len(data)
+        if self.closing:
+            return  # lingering: read and drop
+        if self.tunnel:
+            if self.exchange is not None:
+                self.exchange.client_raw(data)
+            return
+        if self._idle and self.exchange is None:
+            self._idle = False
+            self._arm(self.routes.limits.header_timeout, self._header_timeout)
+        try:
+            events = self.parser.feed(data)
+        except HttpError as exc:
+            self._protocol_error(exc)
+            return
+        self.pending.extend(events)
+        self._pump()
+
+    def _pump(self) -> None:
+        """Hand queued events to the exchange they belong to, in order."""
+        if self._pumping:
+            return  # an exchange finished inside the loop below; it goes on
+        self._pumping = True
+        try:
+            self._pump_events()
+        finally:
+            self._pumping = False
+
+    def _pump_events(self) -> None:
+        pending = self.pending
+        while pending and not self.closing:
+            event = pending[0]
+            if isinstance(event, RequestHead):
+                if self.exchange is not None or self.skip_body:
+                    # Pipelined: the next request waits for this one.
+                    self.pause("pipelined")
+                    return
+                pending.popleft()
+                self._cancel_timer()
+                self._start(event)
+                continue
+            pending.popleft()
+            if self.skip_body:
+                if isinstance(event, EndOfMessage | Upgraded):
+                    self.skip_body = False
+                continue
+            if self.exchange is not None:
+                self.exchange.client_event(event)
+        if not self.closing:
+            self.resume("pipelined")
+
+    def _start(self, head: RequestHead) -> None:
+        from meshgate.dataplane.http_exchange import Exchange
+
+        self.requests += 1
+        self.exchange = Exchange(self, head)
+        self.exchange.start()
+
+    def exchange_done(self, exchange: Exchange, keep_alive: bool) -> None:
+        """The response is complete: next request, or close."""
+        if self.exchange is exchange:
+            self.exchange = None
+        if self.closing or self.transport is None:
+            return
+        if not keep_alive or self.client_eof or self.listener.state.value != "serving":
+            self.close_lingering() if not exchange.request_done else self.close()
+            return
+        if not exchange.request_done:
+            self.skip_body = True
+        self._idle = True
+        self._arm(self.routes.limits.keepalive_timeout, self._keepalive_timeout)
+        self._pump()
+
+    def write(self, data: bytes) -> None:
+        if self.transport is not None and not self.closed:
+            self.traffic.bytes_out += len(data)
+            self.transport.write(data)
+
+    # -- errors and closing ------------------------------------------------------
+    def _protocol_error(self, exc: HttpError) -> None:
+        """Malformed request: answer with its status, count it, close."""
+        self.listener.ctx.metrics.http_rejected.labels(self.spec.name, exc.label).inc()
+        log.info(
+            "http request rejected",
+            extra={
+                "fields": {
+                    "listener": self.spec.name,
+                    "client": self.client,
+                    "status": exc.status,
+                    "reason": exc.label,
+                    "detail": exc.reason,
+                }
+            },
+        )
+        self.pending.clear()
+        exchange = self.exchange
+        if exchange is not None and exchange.response_started:
+            self.abort()  # cannot answer in the middle of a response
+            return
+        if exchange is not None:
+            exchange.cancel()
+        self.write(simple_response(exc.status, keep_alive=False))
+        self.close_lingering()
+
+    def _header_timeout(self) -> None:
+        self._timer = None
+        if self.exchange is not None:
+            return
+        self.listener.ctx.metrics.http_rejected.labels(self.spec.name, "header_timeout").inc()
+        if self.requests == 0 and self.traffic.bytes_in == 0:
+            self.close()  # never said anything: nothing to answer
+            return
+        self.write(simple_response(408, keep_alive=False))
+        self.close_lingering()
+
+    def _keepalive_timeout(self) -> None:
+        self._timer = None
+        if self.exchange is None and self._idle:
+            self.close()
+
+    def close_lingering(self) -> None:
+        """Shut the write side after the answer, drop what still arrives, then close."""
+        if self.closing or self.transport is None:
+            return
+        self.closing = True
+        self.pending.clear()
+        transport = self.transport
+        self.resume("pipelined")
+        transport.resume_reading()
+        if transport.can_write_eof():
+            transport.write_eof()
+            self._arm(LINGER, self.close)
+        else:
+            transport.close()
+
+    def close(self) -> None:
+        self.closing = True
+        self._cancel_timer()
+        if self.transport is not None and not self.closed:
+            self.transport.close()
+
+    def abort(self) -> None:
+        self.closing = True
+        self._cancel_timer()
+        if self.exchange is not None:
+            self.exchange.cancel()
+        if self.transport is not None and not self.closed:
+            self.transport.abort()
+
+    def eof_received(self) -> bool:
+        if self.tunnel and self.exchange is not None:
+            self.exchange.client_eof()
+            return True
+        if self.exchange is not None and not self.exchange.request_done:
+            # The client stopped sending in the middle of its request.
+            self.exchange.cancel()
+            return False
+        # A client may half-close after its request and still wait for the answer.
+        self.client_eof = True
+        return self.exchange is not None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.closing = True
+        self._cancel_timer()
+        if self.exchange is not None:
+            self.exchange.client_lost()
+            self.exchange = None
+        reason = "eof" if exc is None else "reset"
+        connection_ended(self.listener, self, self.client, self.started, reason)
+
+    # -- flow control ---------------------------------------------------------------
+    def pause(self, reason: str) -> None:
+        """Stop reading from the client until every reason is resolved."""
+        self._pause_reasons.add(reason)
+        if not self._paused and self.transport is not None and not self.closed:
+            self._paused = True
+            self.transport.pause_reading()
+
+    def resume(self, reason: str) -> None:
+        self._pause_reasons.discard(reason)
+        if self._paused and not self._pause_reasons and self.transport is not None:
+            self._paused = False
+            if not self.closed:
+                self.transport.resume_reading()
+
+    def pause_writing(self) -> None:
+        if self.exchange is not None:
+            self.exchange.client_pause()
+
+    def resume_writing(self) -> None:
+        if self.exchange is not None:
+            self.exchange.client_resume()
+
+    # -- timers -----------------------------------------------------------------
+    def _arm(self, delay: float, callback: Callable[[], None]) -> None:
+        self._cancel_timer()
+        self._timer = asyncio.get_running_loop().call_later(delay, callback)
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
