@@ -330,6 +330,7 @@ def render_config(table_json: dict[str, Any], console: Console) -> None:
         )
     _emit(console, listeners)
     _render_routes(table_json, console)
+    _render_http_routes(table_json, console)
 
     backends = _table("Backends")
     for heading in ("name", "balance", "endpoints", "timeouts", "upstream"):
@@ -373,6 +374,65 @@ def _render_routes(table_json: dict[str, Any], console: Console) -> None:
             )
     if routes.row_count:
         _emit(console, routes)
+
+
+def _http_options(route: dict[str, Any]) -> str:
+    """The per-route options that change what a request gets, in short."""
+    parts = []
+    if route.get("rewrite_target"):
+        parts.append(f"rewrite {route['rewrite_target']}")
+    if route.get("ssl_redirect"):
+        parts.append("ssl-redirect")
+    if route.get("app_root"):
+        parts.append(f"app-root {route['app_root']}")
+    if route.get("allow"):
+        parts.append(f"allow {','.join(route['allow'])}")
+    if route.get("max_body") is not None:
+        parts.append(f"max body {route['max_body']}")
+    if route.get("connect_timeout"):
+        parts.append(f"connect {_duration(float(route['connect_timeout']))}")
+    parts.append(f"read {_duration(float(route.get('read_timeout') or 60))}")
+    return ", ".join(parts)
+
+
+def _render_http_routes(table_json: dict[str, Any], console: Console) -> None:
+    """Host and path routes of http/https listeners, and https certificates."""
+    routes = _table("HTTP routes")
+    for heading in ("listener", "host", "path", "type", "backend", "options", "from"):
+        routes.add_column(heading, overflow="fold")
+    certs = _table("HTTPS certificates")
+    for heading in ("listener", "server names", "certificate"):
+        certs.add_column(heading, overflow="fold")
+    for item in table_json.get("listeners") or []:
+        http = item.get("http")
+        if not http:
+            continue
+        name = Text(str(item.get("name", "?")))
+        for route in http.get("routes") or []:
+            routes.add_row(
+                name,
+                Text(str(route.get("host") or "*")),
+                Text(str(route.get("path", "/"))),
+                Text(str(route.get("path_type", "?"))),
+                Text(str(route.get("backend") or "(redirect)")),
+                Text(_http_options(route), style="dim"),
+                Text(str(route.get("origin") or "-"), style="dim"),
+            )
+        if http.get("default_backend"):
+            routes.add_row(
+                name, Text("(default)"), Text("*"), Text("-"), Text(http["default_backend"])
+            )
+        elif item.get("protocol") in ("http", "https"):
+            routes.add_row(name, Text("(default)"), Text("*"), Text("-"), Text("404"))
+        certificates = item.get("certificates")
+        if certificates:
+            for host, origin in (certificates.get("hosts") or {}).items():
+                certs.add_row(name, Text(host), Text(str(origin)))
+            certs.add_row(name, Text("(default)"), Text(str(certificates.get("default"))))
+    if routes.row_count:
+        _emit(console, routes)
+    if certs.row_count:
+        _emit(console, certs)
 
 
 def _upstream(pool: dict[str, Any]) -> Text:

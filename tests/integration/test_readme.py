@@ -33,7 +33,11 @@ def _make_tls_files(config: dict[str, Any], root: Path) -> None:
 
 
 def test_readme_yaml_examples_are_valid_configs(tmp_path: Path) -> None:
-    blocks = re.findall(r"```yaml\n(.*?)```", README.read_text(), re.S)
+    blocks = [
+        b
+        for b in re.findall(r"```yaml\n(.*?)```", README.read_text(), re.S)
+        if "apiVersion:" not in b  # Kubernetes objects: see the Ingress test below
+    ]
     assert len(blocks) >= 2, "README lost its YAML examples"
     for i, block in enumerate(blocks):
         root = tmp_path / f"example{i}"
@@ -62,3 +66,32 @@ def test_readme_error_example_matches_the_real_output() -> None:
     )
     assert result.returncode == 2
     assert result.stderr.strip() == shown.group(1).strip()
+
+
+EXAMPLES = Path(__file__).parents[2] / "examples" / "ingress"
+
+
+def test_readme_ingress_example_is_served_with_the_example_objects(tmp_path: Path) -> None:
+    [block] = [
+        b for b in re.findall(r"```yaml\n(.*?)```", README.read_text(), re.S) if "kind: Ingress" in b
+    ]
+    for path in EXAMPLES.iterdir():
+        if "ingress" not in path.name:  # Services, EndpointSlices, Secret
+            (tmp_path / path.name).write_text(path.read_text())
+    (tmp_path / "readme-ingress.yaml").write_text(block)
+    result = subprocess.run(
+        [sys.executable, "-m", "meshgate", "check", "--manifests", str(tmp_path)]
+        + ["--bind", "127.0.0.1", "--json"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "api.example.test" in result.stdout
+    assert "/v1(/|$)(.*)" in result.stdout
+
+
+def test_readme_annotation_table_is_the_supported_list() -> None:
+    from meshgate.config.annotations import markdown_table
+
+    assert markdown_table() in README.read_text()

@@ -19,15 +19,16 @@ Division of labour:
   first CRLFCRLF: a head never contains an empty line) and counts head bytes
   as they arrive, since llhttp has no size limits and httptools would buffer an
   endless header line. From the headers llhttp accepted it decides the body
-  length (RFC 9112 §6.3) and slices bodies out of the input itself, so `Data`
-  is the caller's own bytes object whenever a whole feed is body. Content-
-  Length bodies are never shown to llhttp. Chunked bodies are shown to it
-  (without an on_body callback, so it skips data in C) while a per-chunk
-  tracker here finds the chunk boundaries; llhttp must agree that the message
-  ended exactly where the tracker says, or the message is refused
-  (`framing_mismatch`). Each message gets a fresh llhttp parser, so nothing
-  llhttp assumed about one message (a HEAD response's body, say, which
-  httptools cannot tell it to skip) leaks into the next.
+  length (RFC 9112 §6.3) and slices bodies out of the input itself: `Data` is
+  the caller's own bytes object whenever a whole feed is body, and the data of
+  all the chunks in one feed is one `Data`. llhttp never sees a body framed by
+  Content-Length. It does see chunked bodies (without an on_body callback, so
+  it skips their data in C) while a per-chunk tracker here finds the chunk
+  boundaries; llhttp must agree that the message ends exactly where the
+  tracker says, or the message is refused (`framing_mismatch`). Each message
+  gets a fresh llhttp parser, so nothing llhttp assumed about one message (a
+  body after a HEAD response's Content-Length, say, which httptools cannot
+  tell it to skip) leaks into the next.
 
 On top of llhttp we refuse: more than one Content-Length or one of 2**63 or
 more; Transfer-Encoding other than exactly `chunked` (in requests and in
@@ -797,11 +798,6 @@ def _skip_crlfs(data: bytes, pos: int) -> int:
 def _list_tokens(values: Iterable[bytes]) -> set[bytes]:
     tokens: set[bytes] = set()
     for value in values:
-        if b"," not in value:  # the usual single token
-            token = value.strip(b" \t").lower()
-            if token:
-                tokens.add(token)
-            continue
         for item in value.split(b","):
             token = item.strip(b" \t").lower()
             if token:

@@ -61,12 +61,7 @@ def merged(events: Iterable[Event]) -> list[Event]:
 
 def feed_all(parser: RequestParser | ResponseParser, pieces: Iterable[bytes]) -> list[Event]:
     """Feed pieces in order, stopping after Upgraded (the parser refuses more)."""
-    events: list[Event] = []
-    for piece in pieces:
-        events += parser.feed(piece)
-        if events and isinstance(events[-1], Upgraded):
-            break
-    return events
+    return feed_until_upgraded(parser, pieces)[0]
 
 
 def feed_until_upgraded(
@@ -386,6 +381,17 @@ def test_upgrade_with_a_body_ends_after_it() -> None:
     raw = HEAD_START + b"Connection: upgrade\r\nUpgrade: h2c\r\nContent-Length: 3\r\n\r\nabcREST"
     events = RequestParser().feed(raw)
     assert events[1:] == [Data(b"abc"), Upgraded(b"REST")]
+
+
+def test_upgrade_with_a_chunked_body() -> None:
+    raw = HEAD_START + b"Connection: upgrade\r\nUpgrade: h2c\r\nTransfer-Encoding: chunked\r\n\r\n"
+    raw += b"3\r\nabc\r\n0\r\n\r\n"
+    for pieces in splits(raw + b"PRI"):
+        events, taken = feed_until_upgraded(RequestParser(), pieces)
+        assert [type(e) for e in merged(events)] == [RequestHead, Data, Upgraded]
+        assert merged(events)[1] == Data(b"abc")
+        assert isinstance(events[-1], Upgraded)
+        assert raw + events[-1].rest == (raw + b"PRI")[:taken]
 
 
 def test_upgrade_with_nothing_after_the_head() -> None:
