@@ -19,7 +19,7 @@ from rich.console import Console
 from meshgate import __version__
 from meshgate.admin import parse_listen
 from meshgate.config.manifests import IngressOptions
-from meshgate.config.model import AUTO, Config, check_dns_listen
+from meshgate.config.model import AUTO, Config, check_listen
 from meshgate.errors import ConfigError
 from meshgate.mesh.bindaddr import BIND_WAIT
 from meshgate.mesh.dns import DnsRecords, coredns_stanza, hosts_lines
@@ -120,8 +120,10 @@ Manifests = Annotated[
     ),
 ]
 IngressClass = Annotated[
-    str,
-    typer.Option("--ingress-class", metavar="NAME", help="Ingress class meshgate serves."),
+    str | None,
+    typer.Option(
+        "--ingress-class", metavar="NAME", help="Ingress class meshgate serves (default meshgate)."
+    ),
 ]
 HttpListen = Annotated[
     str | None,
@@ -142,16 +144,30 @@ HttpsListen = Annotated[
 
 
 def _ingress_options(
-    bind: str, ingress_class: str, http_listen: str | None, https_listen: str | None
+    bind: str,
+    ingress_class: str | None,
+    http_listen: str | None,
+    https_listen: str | None,
+    files: list[str] | None = None,
 ) -> IngressOptions:
-    """Ingress listens on the ingress bind address unless told otherwise."""
+    """Ingress listens on the ingress bind address unless a flag, or the
+    `ingress:` section of a -c file (read once, at start), says otherwise."""
+    for path in files or []:
+        try:
+            settings = FileSource(path).load().ingress
+        except ConfigError:
+            continue  # reported with every other problem when the sources load
+        if settings is not None:
+            ingress_class = ingress_class or settings.ingress_class
+            http_listen = http_listen or settings.http_listen
+            https_listen = https_listen or settings.https_listen
     try:
         ip = ipaddress.ip_address(bind)
         host = f"[{ip}]" if ip.version == 6 else str(ip)
     except ValueError:
         host = AUTO  # auto, or an interface name (its address is the mesh address)
     return IngressOptions(
-        ingress_class=ingress_class,
+        ingress_class=ingress_class or "meshgate",
         http_listen=http_listen or f"{host}:80",
         https_listen=https_listen or f"{host}:443",
     )
@@ -253,7 +269,7 @@ def run(
     dns_name: DnsName = None,
     dns_listen: DnsListen = None,
     manifests: Manifests = None,
-    ingress_class: IngressClass = "meshgate",
+    ingress_class: IngressClass = None,
     http_listen: HttpListen = None,
     https_listen: HttpsListen = None,
 ) -> None:
@@ -267,7 +283,7 @@ def run(
         cluster_bind,
         dns_name,
         manifests,
-        _ingress_options(bind, ingress_class, http_listen, https_listen),
+        _ingress_options(bind, ingress_class, http_listen, https_listen, config),
     )
     cfg = _load_or_exit(sources)
     admin_text, drain = resolve_options(cfg, admin, drain_timeout)
@@ -279,7 +295,7 @@ def run(
     mesh = cfg.mesh
     if dns_listen is not None:
         try:
-            dns_listen = check_dns_listen(dns_listen)
+            dns_listen = check_listen(dns_listen)
         except ValueError as exc:
             Console(stderr=True).print(f"meshgate: --dns-listen: {exc}", markup=False)
             raise typer.Exit(2) from None
@@ -313,7 +329,7 @@ def check(
     as_json: Annotated[bool, typer.Option("--json", help="Print the table as JSON.")] = False,
     dns_name: DnsName = None,
     manifests: Manifests = None,
-    ingress_class: IngressClass = "meshgate",
+    ingress_class: IngressClass = None,
     http_listen: HttpListen = None,
     https_listen: HttpsListen = None,
 ) -> None:
@@ -332,7 +348,7 @@ def check(
         cluster_bind,
         dns_name,
         manifests,
-        _ingress_options(bind, ingress_class, http_listen, https_listen),
+        _ingress_options(bind, ingress_class, http_listen, https_listen, config),
     )
     cfg = _load_or_exit(sources)
     table = compile_table(

@@ -168,3 +168,35 @@ def test_bad_dns_listen_exits_2_and_starts_nothing(value: str) -> None:
     assert result.returncode == 2
     assert "--dns-listen" in result.stderr
     assert not port_open(port)
+
+
+EXAMPLE_INGRESS = Path(__file__).parents[2] / "examples" / "ingress"
+
+
+def test_ingress_listen_addresses_from_the_yaml_file(tmp_path: Path) -> None:
+    cfg = tmp_path / "meshgate.yaml"
+    # A bare `off` is YAML's false: meant as "off", and taken so.
+    cfg.write_text("ingress:\n  http_listen: 127.0.0.1:18080\n  https_listen: off\n")
+    out = meshgate("check", "--json", "-c", str(cfg), "--manifests", str(EXAMPLE_INGRESS))
+    assert out.returncode == 0, out.stderr
+    listeners = json.loads(out.stdout)["listeners"]
+    assert [(lst["name"], lst["port"]) for lst in listeners] == [("ingress-http", 18080)]
+    # A flag beats the file.
+    out = meshgate(
+        "check", "--json", "-c", str(cfg), "--manifests", str(EXAMPLE_INGRESS),
+        "--http-listen", "127.0.0.1:18081",
+    )  # fmt: skip
+    assert [lst["port"] for lst in json.loads(out.stdout)["listeners"]] == [18081]
+
+
+def test_check_exits_1_and_names_skipped_objects(tmp_path: Path) -> None:
+    (tmp_path / "bad.yaml").write_text(
+        "apiVersion: networking.k8s.io/v1\nkind: Ingress\n"
+        "metadata: {name: web, annotations: {meshgate.io/frobnicate: 'yes'}}\n"
+        "spec:\n  ingressClassName: meshgate\n"
+        "  defaultBackend: {service: {name: web, port: {number: 80}}}\n"
+    )
+    out = meshgate("check", "--manifests", str(tmp_path), "--bind", "127.0.0.1")
+    assert out.returncode == 1
+    assert "Ingress default/web" in out.stderr
+    assert "meshgate.io/frobnicate" in out.stderr

@@ -73,15 +73,17 @@ EXAMPLES = Path(__file__).parents[2] / "examples" / "ingress"
 
 def test_readme_ingress_example_is_served_with_the_example_objects(tmp_path: Path) -> None:
     [block] = [
-        b for b in re.findall(r"```yaml\n(.*?)```", README.read_text(), re.S) if "kind: Ingress" in b
+        b
+        for b in re.findall(r"```yaml\n(.*?)```", README.read_text(), re.S)
+        if "kind: Ingress" in b
     ]
     for path in EXAMPLES.iterdir():
         if "ingress" not in path.name:  # Services, EndpointSlices, Secret
             (tmp_path / path.name).write_text(path.read_text())
     (tmp_path / "readme-ingress.yaml").write_text(block)
+    args = ["check", "--manifests", str(tmp_path), "--bind", "127.0.0.1", "--json"]
     result = subprocess.run(
-        [sys.executable, "-m", "meshgate", "check", "--manifests", str(tmp_path)]
-        + ["--bind", "127.0.0.1", "--json"],
+        [sys.executable, "-m", "meshgate", *args],
         capture_output=True,
         text=True,
         check=False,

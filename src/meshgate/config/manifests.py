@@ -63,8 +63,8 @@ from meshgate.config.model import (
     TlsOptions,
     TlsRoute,
     UpstreamTls,
-    check_dns_listen,
     check_host,
+    check_listen,
     check_server_name,
     split_hostport,
 )
@@ -113,7 +113,7 @@ def parse_listen(value: str) -> tuple[str, int] | None:
 
     Raises ValueError naming the expected forms.
     """
-    text = check_dns_listen(value)
+    text = check_listen(value)
     if text == "off":
         return None
     host, port = split_hostport(text)

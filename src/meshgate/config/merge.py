@@ -222,6 +222,7 @@ def merge(parts: Sequence[tuple[str, Config]]) -> Config:
     admin = _one_value("admin", [(s, c.admin) for s, c in parts], problems)
     drain = _one_value("drain_timeout", [(s, c.drain_timeout) for s, c in parts], problems)
     mesh = _one_value("mesh", [(s, c.mesh) for s, c in parts], problems)
+    ingress = _one_value("ingress", [(s, c.ingress) for s, c in parts], problems)
     resolve: dict[str, str] = {}
     resolve_origin: dict[str, str] = {}
     for source, config in parts:
@@ -242,6 +243,7 @@ def merge(parts: Sequence[tuple[str, Config]]) -> Config:
         drain_timeout=drain,
         resolve=resolve,
         mesh=mesh,
+        ingress=ingress,
     )
 
 

@@ -449,8 +449,8 @@ class Listener(_Frozen):
             ) from None
 
 
-def check_dns_listen(value: str) -> str:
-    """ "off", or HOST:PORT where HOST is an IP address or "auto" (the mesh address)."""
+def check_listen(value: str) -> str:
+    """ "off", or ADDR:PORT where ADDR is an IP address or "auto"."""
     text = value.strip()
     if text.lower() == "off":
         return "off"
@@ -465,6 +465,12 @@ def check_dns_listen(value: str) -> str:
         raise ValueError(f"expected IP:PORT, auto:PORT or off, got {value!r}") from None
 
 
+# YAML 1.1 reads a bare `off` as false: take it as meant.
+ListenAddress = Annotated[
+    str, BeforeValidator(lambda v: "off" if v is False else check_listen(str(v)))
+]
+
+
 class MeshOptions(_Frozen):
     """How `address: auto` finds the mesh address."""
 
@@ -475,7 +481,15 @@ class MeshOptions(_Frozen):
     # Mesh DNS: zones answered (default: the parent domain of each dns_name)
     # and where the responder listens ("auto:53": the mesh address; "off").
     dns_zones: tuple[ExactName, ...] = ()
-    dns_listen: Annotated[str, BeforeValidator(lambda v: check_dns_listen(str(v)))] | None = None
+    dns_listen: ListenAddress | None = None
+
+
+class IngressSettings(_Frozen):
+    """How `--manifests` Ingresses are served, when the flags do not say."""
+
+    ingress_class: Name | None = None
+    http_listen: ListenAddress | None = None
+    https_listen: ListenAddress | None = None
 
 
 class Config(_Frozen):
@@ -489,3 +503,4 @@ class Config(_Frozen):
     # lets a re-originating listener reach a name cluster DNS cannot resolve yet.
     resolve: dict[ExactName, IpAddress] = Field(default_factory=dict)
     mesh: MeshOptions | None = None
+    ingress: IngressSettings | None = None

@@ -39,7 +39,8 @@ close by RFC 9112 §6.3, we answer 502 instead); Transfer-Encoding in HTTP/1.0
 line; a `#` in the request-target; authority-form and asterisk-form except
 OPTIONS; userinfo in an absolute-form target; CONNECT; a missing, repeated or
 malformed Host; a status outside 100..599; control characters in a reason
-phrase; a 101 without Upgrade.
+phrase; a 101 without Upgrade; an upgrade request with a chunked body (llhttp
+would switch protocols before that body, RFC 9110 §7.8 after it).
 
 Choices the RFCs leave open:
 
@@ -870,6 +871,10 @@ class RequestParser(_Parser[RequestHead]):
             value = b", ".join(upgrades)
             if not value:
                 raise self._fail(400, "empty Upgrade", "bad_upgrade")
+            if chunked:
+                # llhttp switches protocols right after such a head, before
+                # the body (Node does too); the RFC says after it. Refuse.
+                raise self._fail(400, "Upgrade with a chunked body", "bad_upgrade")
             upgrade = value.decode("latin-1")
             self._upgrade = True
         expect_continue = version == "1.1" and b"100-continue" in self._tokens(b"expect")

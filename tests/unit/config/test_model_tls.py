@@ -14,7 +14,7 @@ from meshgate.config.model import (
     Certificate,
     Config,
     UpstreamTls,
-    check_dns_listen,
+    check_listen,
     check_server_name,
 )
 from meshgate.errors import ConfigError, ConfigProblem
@@ -364,4 +364,4 @@ def test_ip_literals_are_not_server_names(name: str) -> None:
     ],
 )
 def test_dns_listen_forms(given: str, expected: str) -> None:
-    assert check_dns_listen(given) == expected
+    assert check_listen(given) == expected
