@@ -36,9 +36,13 @@ UDP_PENDING_DATAGRAMS = 64
 DRAIN_TIMEOUT = 30.0
 
 # An endpoint that refused or timed out this many connects in a row is
-# ejected for EJECT_DURATION, then one connection probes it.
+# ejected for EJECT_DURATION, then one connection probes it. Each ejection in
+# a row (the probe failed too) doubles the period, up to EJECT_MAX_DURATION:
+# an endpoint that stays down costs fewer failed attempts (Envoy's outlier
+# detection does the same).
 EJECT_AFTER_FAILURES = 3
 EJECT_DURATION = 10.0
+EJECT_MAX_DURATION = 300.0
 
 # Write-buffer high-water mark per transport: above it the opposite side stops
 # reading (backpressure). 256 KiB matches uvloop's large reads so one read's

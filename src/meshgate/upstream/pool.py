@@ -18,7 +18,7 @@ from meshgate.upstream.health import Health, HealthEvent, next_state
 
 
 class EndpointState:
-    __slots__ = ("addr", "ejected_until", "failures", "health", "in_flight")
+    __slots__ = ("addr", "ejected_until", "ejections", "failures", "health", "in_flight")
 
     def __init__(self, addr: EndpointAddr) -> None:
         self.addr = addr
@@ -26,6 +26,7 @@ class EndpointState:
         self.failures = 0  # consecutive failed connects
         self.in_flight = 0
         self.ejected_until = 0.0
+        self.ejections = 0  # in a row, without a success between them
 
     def available(self, now: float) -> bool:
         """Whether new connections may try this endpoint now."""
@@ -39,6 +40,7 @@ class EndpointState:
             "state": self.health.value,
             "in_flight": self.in_flight,
             "failures": self.failures,
+            "ejections": self.ejections,
         }
 
 
@@ -88,6 +90,7 @@ class Pool:
 
     def record_success(self, ep: EndpointState) -> None:
         ep.failures = 0
+        ep.ejections = 0
         ep.health = next_state(ep.health, HealthEvent.SUCCESS)
 
     def record_failure(self, ep: EndpointState, now: float) -> None:
@@ -98,7 +101,9 @@ class Pool:
             ep.health, HealthEvent.FAILURE_LIMIT if limit else HealthEvent.FAILURE
         )
         if ep.health is Health.EJECTED and before is not Health.EJECTED:
-            ep.ejected_until = now + settings.EJECT_DURATION
+            ep.ejections += 1
+            period = settings.EJECT_DURATION * 2 ** min(ep.ejections - 1, 16)
+            ep.ejected_until = now + min(period, settings.EJECT_MAX_DURATION)
 
     def to_json(self) -> dict[str, Any]:
         return {

@@ -91,3 +91,21 @@ def test_reconcile_drops_removed_backends_but_old_connections_still_get_a_pool()
     assert [p.spec.name for p in registry] == ["b"]
     orphan = registry.get(spec(1, name="a"))
     assert orphan.candidates(0.0)[0].addr.port == 1
+
+
+def test_an_endpoint_ejected_again_after_its_probe_stays_out_longer() -> None:
+    pool = Pool(spec(1, 2))
+    bad = pool.endpoints[0]
+    now = 0.0
+    periods = []
+    for _ in range(7):
+        while bad.health is not Health.EJECTED:
+            pool.record_failure(bad, now=now)
+        periods.append(bad.ejected_until - now)
+        now = bad.ejected_until
+        assert bad.available(now)  # probing: the next connection tries it
+    assert periods == [10.0, 20.0, 40.0, 80.0, 160.0, 300.0, 300.0]
+    pool.record_success(bad)
+    for _ in range(settings.EJECT_AFTER_FAILURES):
+        pool.record_failure(bad, now=now)
+    assert bad.ejected_until - now == settings.EJECT_DURATION  # a success resets it
