@@ -341,7 +341,9 @@ class _Translator:
         served = self._select_ingresses()
         for ingress in sorted(served, key=_age):
             self._ingress(ingress)
-        config = self._config(listen) if served else Config()
+        # The listeners exist even without an Ingress: the ports stay stable
+        # while Ingresses come and go, and unknown hosts get 404, not a refusal.
+        config = self._config(listen)
         return Translation(config, tuple(self.problems), tuple(dict.fromkeys(self.notes)))
 
     def _listen(self) -> tuple[tuple[str, int] | None, tuple[str, int] | None]:

@@ -497,7 +497,7 @@ class Config(_Frozen):
 
     listeners: tuple[Listener, ...] = ()
     backends: tuple[Backend, ...] = ()
-    admin: str | None = None
+    admin: Annotated[str, BeforeValidator(lambda v: "off" if v is False else v)] | None = None
     drain_timeout: Duration | None = None
     # Static name -> address overrides, used before DNS (Kubernetes hostAliases):
     # lets a re-originating listener reach a name cluster DNS cannot resolve yet.

@@ -9,13 +9,14 @@ document is expanded into its `items`.
 
 Every `load()` reads everything again: that is how SIGHUP reloads. The
 objects go through `meshgate.config.manifests.translate`; its problems and
-notes, together with those of reading (a YAML syntax error names the file
-and line; the file's documents before it still count, the other files load
-normally), are kept on the source as `problems` and `notes` of the last load.
+notes are kept on the source as `problems` and `notes` of the last load: an
+invalid object is skipped and reported, the rest is served.
 
-`load()` raises ConfigError only when a path cannot be read at all: one that
-does not exist, or a file or directory the process may not read. Loading
-without it would withdraw its routes, so the caller keeps the table it has.
+`load()` raises ConfigError when a file cannot be used at all: a path that
+does not exist, a file or directory the process may not read, a file that is
+not UTF-8 or not valid YAML (named with its line). Loading without it would
+withdraw its routes, so the caller keeps the table it has (a half-saved edit
+changes nothing).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from meshgate.config.model import Config
 from meshgate.errors import ConfigError, ConfigProblem
 
 SUFFIXES = frozenset({".yaml", ".yml", ".json"})
+INVALID_YAML = "invalid YAML"  # how parse_documents starts a syntax error's reason
 
 
 def parse_documents(text: str, source: str) -> tuple[list[KubeObject], list[ConfigProblem]]:
@@ -64,15 +66,15 @@ def parse_documents(text: str, source: str) -> tuple[list[KubeObject], list[Conf
                 source,
                 "",
                 "",
-                f"invalid YAML: {detail}; the rest of this file is not read",
+                f"{INVALID_YAML}: {detail}",
                 mark.line + 1 if mark is not None else None,
             )
         )
     except yaml.YAMLError as err:
-        reason = f"invalid YAML: {err}; the rest of this file is not read"
+        reason = f"{INVALID_YAML}: {err}"
         problems.append(ConfigProblem(source, "", "", reason))
     except RecursionError:
-        reason = "invalid YAML: nested too deeply; the rest of this file is not read"
+        reason = f"{INVALID_YAML}: nested too deeply"
         problems.append(ConfigProblem(source, "", "", reason))
     finally:
         loader.dispose()
@@ -144,7 +146,10 @@ class ManifestSource:
                 if text is not None:
                     found, trouble = parse_documents(text, str(file))
                     objects.extend(found)
-                    problems.extend(trouble)
+                    for problem in trouble:
+                        (errors if problem.reason.startswith(INVALID_YAML) else problems).append(
+                            problem
+                        )
         if errors:
             raise ConfigError(errors)
         translation = translate(objects, self.options)
@@ -191,7 +196,5 @@ class ManifestSource:
             # utf-8-sig: a byte order mark left by some Windows editors is fine.
             return data.decode("utf-8-sig")
         except UnicodeDecodeError as err:
-            problems.append(
-                ConfigProblem(str(file), "", "", f"not UTF-8 text (byte {err.start}); file skipped")
-            )
+            errors.append(ConfigProblem(str(file), "", "", f"not UTF-8 text (byte {err.start})"))
             return None

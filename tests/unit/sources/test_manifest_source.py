@@ -91,16 +91,16 @@ def test_invalid_object_problem_points_at_its_document(tmp_path: Path) -> None:
     assert problem.field == "spec.rules[0].http.paths[0].pathType"
 
 
-def test_yaml_syntax_error_in_one_file_is_a_problem_and_the_others_load(tmp_path: Path) -> None:
+def test_yaml_syntax_error_rejects_the_load_naming_file_and_line(tmp_path: Path) -> None:
+    # A half-saved edit must not withdraw the routes the file still had.
     directory = copy(tmp_path, "web.yaml", "broken.yaml")
     source = ManifestSource([directory])
-    config = source.load()
-    assert hosts(config) == [("web.example.test", "/", "default.web.80")]
-    [problem] = source.problems
+    with pytest.raises(ConfigError) as caught:
+        source.load()
+    [problem] = caught.value.problems
     assert problem.source == str(directory / "broken.yaml")
     assert problem.line == 12
     assert problem.reason.startswith("invalid YAML: expected ',' or '}'")
-    assert "the rest of this file is not read" in problem.reason
 
 
 def test_directory_reads_yaml_yml_and_json_sorted_not_hidden_not_recursive(
@@ -150,12 +150,14 @@ def test_reload_reads_the_edited_files(tmp_path: Path) -> None:
 
 
 def test_problems_and_notes_are_those_of_the_last_load(tmp_path: Path) -> None:
-    directory = copy(tmp_path, "web.yaml", "broken.yaml")
+    directory = copy(tmp_path, "web.yaml")
+    bad = (FIXTURES / "web.yaml").read_text().replace("pathType: Prefix", "pathType: Glob")
+    (directory / "bad.yaml").write_text(bad.replace("name: web", "name: web2"))
     source = ManifestSource([directory])
     source.load()
     before = source.problems
     assert len(before) == 1
-    (directory / "broken.yaml").unlink()
+    (directory / "bad.yaml").unlink()
     source.load()
     assert source.problems == ()
     assert len(source.notes) == 1  # the Deployment, once
@@ -179,19 +181,20 @@ def test_unreadable_file_in_a_directory_raises(tmp_path: Path) -> None:
     assert problem.source == str(directory / "gone.yaml")
 
 
-def test_a_file_that_is_not_utf8_is_a_problem(tmp_path: Path) -> None:
+def test_a_file_that_is_not_utf8_rejects_the_load(tmp_path: Path) -> None:
     directory = copy(tmp_path, "web.yaml")
     (directory / "latin1.yaml").write_bytes(b"kind: Service\nmetadata: {name: caf\xe9}\n")
     source = ManifestSource([directory])
-    assert hosts(source.load())
-    [problem] = source.problems
+    with pytest.raises(ConfigError) as caught:
+        source.load()
+    [problem] = caught.value.problems
     assert problem.source == str(directory / "latin1.yaml")
     assert "not UTF-8" in problem.reason
 
 
 def test_empty_directory_is_no_ingress(tmp_path: Path) -> None:
     source = ManifestSource([tmp_path])
-    assert source.load() == Config()
+    assert hosts(source.load()) == []
     assert source.notes == (f"{tmp_path}: no .yaml, .yml or .json files",)
 
 
