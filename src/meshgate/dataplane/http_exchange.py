@@ -93,6 +93,7 @@ class Exchange:
         self.bytes_out = 0
         self.finished = False
         self.tunnel = False
+        self.eofs: set[str] = set()  # tunnel sides that sent FIN: "client", "upstream"
         self._timer: asyncio.TimerHandle | None = None
 
     # -- start ---------------------------------------------------------------
@@ -196,6 +197,19 @@ class Exchange:
         self.server.resume("body_buffer")
         self._arm_read_timeout()
 
+    def _client_keep_alive(self) -> bool:
+        """Whether the client connection may carry another request after this one.
+
+        Not after an Upgrade request that does not become a tunnel (the parser
+        handed the connection's bytes on), nor once the listener drains (the
+        response says `Connection: close`, RFC 9112 §9.6).
+        """
+        return (
+            self.head.keep_alive
+            and self.head.upgrade is None
+            and self.server.listener.state.value == "serving"
+        )
+
     # -- request side --------------------------------------------------------
     def client_event(self, event: RequestEvent) -> None:
         if self.finished:
@@ -210,6 +224,9 @@ class Exchange:
                 self._body_too_large()
                 return
             self._send(encode_chunk(data) if self.head.chunked else data)
+            if self.upstream is not None:
+                # The backend answers after the body: a long upload is activity.
+                self._arm_read_timeout()
         elif isinstance(event, EndOfMessage):
             self.request_done = True
             if self.head.chunked:
@@ -244,6 +261,8 @@ class Exchange:
         conn = self.upstream
         if conn is not None and conn.transport is not None and conn.transport.can_write_eof():
             conn.transport.write_eof()
+        self.eofs.add("client")
+        self._tunnel_eof()
 
     def client_pause(self) -> None:
         if self.upstream is not None and self.upstream.transport is not None:
@@ -298,11 +317,10 @@ class Exchange:
         head_only = self.head.method == "HEAD" or resp.status in (204, 304)
         client_11 = self.head.version == "1.1"
         self.chunked_out = not head_only and client_11 and (resp.chunked or resp.until_close)
-        self.keep_alive = (
-            self.head.keep_alive
-            and resp.status != 101
-            and (head_only or not resp.until_close or self.chunked_out)
-        )
+        # A body without a length for the client (an HTTP/1.0 client, a chunked
+        # or until-close upstream body) ends when the connection does.
+        delimited = head_only or self.chunked_out or resp.content_length is not None
+        self.keep_alive = self._client_keep_alive() and resp.status != 101 and delimited
         self.response_started = True
         self.server.write(
             client_response(
@@ -324,7 +342,7 @@ class Exchange:
         if self.upgrade_rest:
             conn.write(self.upgrade_rest)
             self.upgrade_rest = b""
-        self.server.resume("pipelined")
+        self.server.resume("upgrade")
 
     def upstream_raw(self, data: bytes) -> None:
         self.bytes_out += len(data)
@@ -334,6 +352,23 @@ class Exchange:
         transport = self.server.transport
         if transport is not None and transport.can_write_eof():
             transport.write_eof()
+        self.eofs.add("upstream")
+        self._tunnel_eof()
+
+    def _tunnel_eof(self) -> None:
+        """A tunnel ends when both sides have sent FIN (no event comes after
+        that), or when the half-closed timeout runs out."""
+        if len(self.eofs) == 2:
+            self._cancel_timer()
+            conn, self.upstream = self.upstream, None
+            self._release_endpoint()
+            if conn is not None:
+                conn.close()
+            self._finish(keep_alive=False)
+            self.server.close()
+        elif self._timer is None and self.pool is not None:
+            timeout = self.pool.spec.timeouts.half_closed
+            self._timer = self.loop.call_later(timeout, self.server.abort)
 
     def upstream_pause(self) -> None:
         self.server.pause("upstream")
@@ -343,6 +378,13 @@ class Exchange:
 
     def response_error(self, error: HttpError) -> None:
         """The backend sent something that is not a valid response."""
+        if error.label == "upstream_closed" and self._may_retry():
+            # A reused connection closed (FIN) without answering: the backend
+            # closed it idle as the request arrived. Sent again on a new one.
+            self._drop_upstream()
+            self.retried = True
+            aio.spawn(self._connect(), name="http upstream retry")
+            return
         assert self.pool is not None
         metrics = self.server.listener.ctx.metrics
         metrics.http_upstream_errors.labels(self.pool.spec.name, error.label).inc()
@@ -438,7 +480,7 @@ class Exchange:
         self, status: int, label: str, headers: list[tuple[bytes, bytes]] | None = None
     ) -> None:
         """Answer the request from meshgate itself."""
-        keep_alive = self.head.keep_alive and not self.has_body and status < 500
+        keep_alive = self._client_keep_alive() and not self.has_body and status < 500
         if status in (413,) or self.server.closing:
             keep_alive = False
         self.status, self.label = status, label
@@ -459,7 +501,7 @@ class Exchange:
             f"hello from meshgate\nroute: {self.route_label}\nbackend: {pool.name}\n"
             f"host: {self.head.host}\npath: {self.head.path}\n"
         ).encode()
-        keep_alive = self.head.keep_alive and not self.has_body
+        keep_alive = self._client_keep_alive() and not self.has_body
         headers = [
             (b"Content-Type", b"text/plain; charset=utf-8"),
             (b"Content-Length", str(len(body)).encode()),

@@ -83,6 +83,7 @@ class HttpServer(asyncio.Protocol):
         self.closed = False
         self.tunnel = False  # upgraded: bytes go straight to the exchange
         self.skip_body = False  # drop the rest of an answered request's body
+        self.failed: HttpError | None = None  # a bad request behind the one in flight
         self._timer: asyncio.TimerHandle | None = None
         self._idle = True  # no byte of a next request seen yet
         self._pumping = False
@@ -115,6 +116,8 @@ class HttpServer(asyncio.Protocol):
             if self.exchange is not None:
                 self.exchange.client_raw(data)
             return
+        if self.failed is not None:
+            return  # the parser is dead; the answer waits for the request in flight
         if self._idle and self.exchange is None:
             self._idle = False
             self._arm(self.routes.limits.header_timeout, self._header_timeout)
@@ -156,6 +159,10 @@ class HttpServer(asyncio.Protocol):
                 continue
             if self.exchange is not None:
                 self.exchange.client_event(event)
+                if isinstance(event, Upgraded):
+                    # The parser is done with this connection: what the client
+                    # sends next waits for the tunnel (or the close, if declined).
+                    self.pause("upgrade")
         if not self.closing:
             self.resume("pipelined")
 
@@ -168,9 +175,18 @@ class HttpServer(asyncio.Protocol):
 
     def exchange_done(self, exchange: Exchange, keep_alive: bool) -> None:
         """The response is complete: next request, or close."""
-        if self.exchange is exchange:
-            self.exchange = None
+        if self.exchange is not exchange:
+            return  # detached by _protocol_error, which answers and closes
+        self.exchange = None
+        # Pauses on the exchange's behalf end with it (an upstream that stopped
+        # reading the body, then answered early, never says resume).
+        self.resume("upstream")
+        self.resume("body_buffer")
         if self.closing or self.transport is None:
+            return
+        if self.failed is not None and keep_alive:
+            self.write(simple_response(self.failed.status, keep_alive=False))
+            self.close_lingering()
             return
         if not keep_alive or self.client_eof or self.listener.state.value != "serving":
             self.close_lingering() if not exchange.request_done else self.close()
@@ -204,10 +220,19 @@ class HttpServer(asyncio.Protocol):
         )
         self.pending.clear()
         exchange = self.exchange
+        if exchange is not None and exchange.request_done:
+            # The bad bytes come after the request in flight (pipelined): it
+            # is answered first, then exchange_done refuses the rest.
+            self.failed = exc
+            self.pause("failed")
+            return
         if exchange is not None and exchange.response_started:
             self.abort()  # cannot answer in the middle of a response
             return
         if exchange is not None:
+            # Detached first: its end must not close the connection before our answer.
+            self.exchange = None
+            exchange.status, exchange.label = exc.status, exc.label
             exchange.cancel()
         self.write(simple_response(exc.status, keep_alive=False))
         self.close_lingering()

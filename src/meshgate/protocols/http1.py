@@ -76,7 +76,7 @@ from __future__ import annotations
 
 import re
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import ClassVar, Final, Generic, TypeVar
 
@@ -104,6 +104,14 @@ __all__ = [
     "serialize_request_head",
     "serialize_response_head",
 ]
+
+
+def _after_last_end(events: Sequence[object]) -> int:
+    """How many events make up the whole messages at the start of `events`."""
+    for i in range(len(events) - 1, -1, -1):
+        if isinstance(events[i], EndOfMessage):
+            return i + 1
+    return 0
 
 
 class HttpError(ProtocolError):
@@ -428,8 +436,19 @@ class _Parser(Generic[_H]):
                     pos = end
         except HttpError as error:
             self._die(error)
-            raise
+            whole = _after_last_end(events)
+            if not whole:
+                raise
+            # Whole messages before the bad one are handed over (a pipelined
+            # good request still gets its answer); the error waits in
+            # `failed`, and the next feed raises it.
+            del events[whole:]
         return events
+
+    @property
+    def failed(self) -> HttpError | None:
+        """The error that ended parsing, once the events before it were returned."""
+        return self._error
 
     def _die(self, error: HttpError) -> None:
         self._error = error

@@ -2,6 +2,7 @@
 
 What a request loses and gains on its way to the backend (RFC 9110 §7.6.1,
 and what ingress-nginx users expect):
+- Host is the host the route was chosen by (see `upstream_request`);
 - hop-by-hop headers go (Connection, Keep-Alive, TE, Upgrade, ... and every
   header the Connection header names); so do Expect (meshgate answers
   `100 Continue` itself) and the framing headers, which are written again
@@ -108,12 +109,15 @@ def upstream_request(
 ) -> bytes:
     """The request head sent to the backend for `head` (body framing kept)."""
     own = {name.lower(): value for name, value in head.headers if name.lower() in _CLIENT_SET}
-    drop = _FRAMING | _CLIENT_SET | {b"x-request-id"}
-    headers = _drop(head.headers, drop)
+    drop = _FRAMING | _CLIENT_SET | {b"x-request-id", b"host"}
+    host = (head.host or "").encode("latin-1")
+    # The Host the route was chosen by: an absolute-form target's authority
+    # wins over the client's Host header (which could name a host whose route
+    # has other rules); empty when an HTTP/1.0 client sent none (RFC 9112 §3.2).
+    headers = [(b"Host", host), *_drop(head.headers, drop)]
     ip = client_ip.encode()
     xff = own.get(b"x-forwarded-for")
     headers.append((b"X-Forwarded-For", xff + b", " + ip if trusted and xff else ip))
-    host = (head.host or "").encode("latin-1")
     for name, key, mine in (
         (b"X-Forwarded-Proto", b"x-forwarded-proto", scheme.encode()),
         (b"X-Forwarded-Host", b"x-forwarded-host", host),

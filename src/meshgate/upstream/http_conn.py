@@ -153,6 +153,10 @@ class KeepAlive:
             return
         loop = asyncio.get_running_loop()
         conn.idle_since = loop.time()
+        if conn.transport is not None:
+            # Its exchange may have paused it (a slow client); idle, it must be
+            # read, or a close by the backend goes unseen.
+            conn.transport.resume_reading()
         conns.append(conn)
         if self._sweeper is None:
             self._sweeper = loop.call_later(self.idle_timeout / 2, self._sweep)

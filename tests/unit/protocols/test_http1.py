@@ -614,9 +614,17 @@ def test_a_dead_parser_stays_dead() -> None:
         parser.feed_eof()
 
 
-def test_an_error_after_good_requests_in_the_same_feed_loses_them() -> None:
-    with pytest.raises(HttpError):
-        RequestParser().feed(GET + b"GET / HTTP/1.1\r\n\r\n")
+def test_an_error_after_a_whole_request_in_the_same_feed_keeps_that_request() -> None:
+    # A pipelined good request is answered; the bad one after it is refused.
+    parser = RequestParser()
+    events = parser.feed(GET + b"GET /bad HTTP/1.1\r\n\r\n")
+    assert isinstance(events[0], RequestHead)
+    assert isinstance(events[-1], EndOfMessage)
+    assert parser.failed is not None
+    assert parser.failed.label == "missing_host"
+    with pytest.raises(HttpError) as again:
+        parser.feed(GET)
+    assert again.value is parser.failed
 
 
 def test_request_eof() -> None:
