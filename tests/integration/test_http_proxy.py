@@ -452,10 +452,6 @@ def test_smuggling_shape_is_refused_before_the_backend(
     assert_rejected(proxy, raw, reason)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="http1.py labels a fold after an empty value bad_header_value, not obs_fold",
-)
 def test_obs_fold_after_an_empty_value_is_counted_as_obs_fold(proxy: Proxy) -> None:
     assert_rejected(proxy, POST + b"Transfer-Encoding:\r\n chunked\r\n\r\n0\r\n\r\n", "obs_fold")
 
@@ -490,10 +486,6 @@ def test_smuggling_pipelined_in_one_write_never_reaches_the_backend(proxy: Proxy
     assert "/smuggle" not in [r["path"] for r in proxy.a.requests[seen:]]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="http1.RequestParser.feed drops the events before an error in the same feed",
-)
 def test_smuggling_pipelined_behind_a_valid_request(proxy: Proxy) -> None:
     seen = len(proxy.a.requests)
     with proxy.client() as c:
@@ -955,10 +947,6 @@ backends:
             assert mg.wait_exit() == 0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="listener.begin_drain does not tell idle HTTP connections: they hold the drain",
-)
 def test_sigterm_does_not_wait_for_idle_keepalive_connections(tmp_path: Path) -> None:
     with HttpBackend("b", "127.0.0.2") as b:
         port = free_port()

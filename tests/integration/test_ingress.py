@@ -865,11 +865,6 @@ def test_bad_request_after_a_good_one_on_a_kept_alive_connection(gw: Gateway) ->
         assert sock.recv(100) == b""  # closed
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a bad pipelined request makes meshgate drop the valid request before it, "
-    "parsed from the same read: only the 400 is sent",
-)
 def test_pipelined_good_request_is_answered_before_the_400(gw: Gateway) -> None:
     good = b"GET /pipelined HTTP/1.1\r\nHost: alpha.example\r\n\r\n"
     bad = b"GET /x y z HTTP/1.1\r\nHost: alpha.example\r\n\r\n"

@@ -127,6 +127,12 @@ class HttpServer(asyncio.Protocol):
             self._protocol_error(exc)
             return
         self.pending.extend(events)
+        if self.parser.failed is not None:
+            # Whole requests came before the bad bytes: they are answered
+            # first, then the error (see the end of _pump_events).
+            self._count_rejection(self.parser.failed)
+            self.failed = self.parser.failed
+            self.pause("failed")
         self._pump()
 
     def _pump(self) -> None:
@@ -163,8 +169,12 @@ class HttpServer(asyncio.Protocol):
                     # The parser is done with this connection: what the client
                     # sends next waits for the tunnel (or the close, if declined).
                     self.pause("upgrade")
-        if not self.closing:
-            self.resume("pipelined")
+        if self.closing:
+            return
+        self.resume("pipelined")
+        if self.failed is not None and self.exchange is None and not pending:
+            self.write(simple_response(self.failed.status, keep_alive=False))
+            self.close_lingering()
 
     def _start(self, head: RequestHead) -> None:
         from meshgate.dataplane.http_exchange import Exchange
@@ -184,10 +194,6 @@ class HttpServer(asyncio.Protocol):
         self.resume("body_buffer")
         if self.closing or self.transport is None:
             return
-        if self.failed is not None and keep_alive:
-            self.write(simple_response(self.failed.status, keep_alive=False))
-            self.close_lingering()
-            return
         if not keep_alive or self.client_eof or self.listener.state.value != "serving":
             self.close_lingering() if not exchange.request_done else self.close()
             return
@@ -203,8 +209,7 @@ class HttpServer(asyncio.Protocol):
             self.transport.write(data)
 
     # -- errors and closing ------------------------------------------------------
-    def _protocol_error(self, exc: HttpError) -> None:
-        """Malformed request: answer with its status, count it, close."""
+    def _count_rejection(self, exc: HttpError) -> None:
         self.listener.ctx.metrics.http_rejected.labels(self.spec.name, exc.label).inc()
         log.info(
             "http request rejected",
@@ -218,6 +223,10 @@ class HttpServer(asyncio.Protocol):
                 }
             },
         )
+
+    def _protocol_error(self, exc: HttpError) -> None:
+        """Malformed request: answer with its status, count it, close."""
+        self._count_rejection(exc)
         self.pending.clear()
         exchange = self.exchange
         if exchange is not None and exchange.request_done:
@@ -251,6 +260,12 @@ class HttpServer(asyncio.Protocol):
     def _keepalive_timeout(self) -> None:
         self._timer = None
         if self.exchange is None and self._idle:
+            self.close()
+
+    def begin_drain(self) -> None:
+        """The listener drains: an idle connection closes now; one in the
+        middle of a request ends after its response (`Connection: close`)."""
+        if self.exchange is None and not self.pending and self._idle and not self.closing:
             self.close()
 
     def close_lingering(self) -> None:

@@ -19,7 +19,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from meshgate import settings
 from meshgate.dataplane.certs import TlsStore
@@ -116,6 +116,14 @@ class Tracked(Protocol):
     def abort(self) -> None: ...
 
 
+@runtime_checkable
+class Drainable(Protocol):
+    """A connection that can end early when its listener drains (an idle
+    HTTP keep-alive connection closes at once instead of holding the drain)."""
+
+    def begin_drain(self) -> None: ...
+
+
 class Listener(ABC):
     """Base class: state, the current spec, and the set of live connections."""
 
@@ -179,6 +187,9 @@ class Listener(ABC):
             return
         self._move(State.DRAINING)
         self._stop_accepting()
+        for conn in list(self.live):
+            if isinstance(conn, Drainable):
+                conn.begin_drain()
         log.info(
             "listener draining",
             extra={

@@ -717,8 +717,11 @@ class _Parser(Generic[_H]):
         else:
             lower = message.lower()
             label = next((lb for key, lb in _LLHTTP_LABELS if key in lower), "bad_request")
-        if label == "bad_header_name" and not self._in_body and _FOLDED.search(self._head):
-            label = "obs_fold"  # a field line starting with HTAB after the start line
+        folded = not self._in_body and _FOLDED.search(self._head)
+        if label in ("bad_header_name", "bad_header_value") and folded:
+            # A field line starting with SP/HTAB: llhttp names the field it
+            # broke (a fold after an empty value looks like a bad value).
+            label = "obs_fold"
         return self._fail(505 if label == "version" else 400, f"llhttp: {message}", label)
 
     def _fail(self, status: int, reason: str, label: str) -> HttpError:
