@@ -67,9 +67,11 @@ class Exchange:
     def __init__(self, server: HttpServer, head: RequestHead) -> None:
         self.server = server
         self.head = head
-        self.loop = asyncio.get_running_loop()
+        self.loop = server.loop
         self.started = self.loop.time()
-        self.request_id = (server.trusted and request_id_of(head)) or new_request_id()
+        # The client's own ID is kept (ingress-nginx does): it ties the
+        # client's logs to ours; it is a checked token, so no header injection.
+        self.request_id = request_id_of(head) or new_request_id()
         self.has_body = head.chunked or bool(head.content_length)
         self.request_done = False
         self.route: HttpRouteSpec | None = None
@@ -285,6 +287,15 @@ class Exchange:
 
     # -- response side ---------------------------------------------------------
     def response_events(self, events: list[ResponseEvent]) -> None:
+        server = self.server
+        corked = server.cork()
+        try:
+            self._response_events(events)
+        finally:
+            if corked:
+                server.uncork()
+
+    def _response_events(self, events: list[ResponseEvent]) -> None:
         for event in events:
             if self.finished:
                 return

@@ -84,7 +84,12 @@ class HttpServer(asyncio.Protocol):
         self.tunnel = False  # upgraded: bytes go straight to the exchange
         self.skip_body = False  # drop the rest of an answered request's body
         self.failed: HttpError | None = None  # a bad request behind the one in flight
+        self.loop = asyncio.get_running_loop()  # once: each lookup costs a getpid()
+        self._cork: list[bytes] | None = None
         self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = 0.0  # when `_timer` fires
+        self._deadline: float | None = None  # when the armed callback is due
+        self._on_deadline: Callable[[], None] | None = None
         self._idle = True  # no byte of a next request seen yet
         self._pumping = False
         self.client_eof = False
@@ -105,7 +110,7 @@ class HttpServer(asyncio.Protocol):
         ip = self.client_ip
         self.trusted = ip is not None and any(ip in net for net in trusted)
         connection_opened(self.listener, self)
-        self.started = asyncio.get_running_loop().time()
+        self.started = self.loop.time()
         self._arm(self.routes.limits.header_timeout, self._header_timeout)
 
     def data_received(self, data: bytes) -> None:
@@ -126,6 +131,14 @@ class HttpServer(asyncio.Protocol):
         except HttpError as exc:
             self._protocol_error(exc)
             return
+        corked = self.cork()
+        try:
+            self._take(events)
+        finally:
+            if corked:
+                self.uncork()
+
+    def _take(self, events: list[RequestEvent]) -> None:
         self.pending.extend(events)
         if self.parser.failed is not None:
             # Whole requests came before the bad bytes: they are answered
@@ -204,9 +217,25 @@ class HttpServer(asyncio.Protocol):
         self._pump()
 
     def write(self, data: bytes) -> None:
+        if self._cork is not None:
+            self._cork.append(data)
+            return
         if self.transport is not None and not self.closed:
             self.traffic.bytes_out += len(data)
             self.transport.write(data)
+
+    def cork(self) -> bool:
+        """Collect writes until `uncork` (one send for a response head and
+        its body); False when already corked (the outer caller uncorks)."""
+        if self._cork is not None:
+            return False
+        self._cork = []
+        return True
+
+    def uncork(self) -> None:
+        out, self._cork = self._cork, None
+        if out:
+            self.write(out[0] if len(out) == 1 else b"".join(out))
 
     # -- errors and closing ------------------------------------------------------
     def _count_rejection(self, exc: HttpError) -> None:
@@ -247,7 +276,6 @@ class HttpServer(asyncio.Protocol):
         self.close_lingering()
 
     def _header_timeout(self) -> None:
-        self._timer = None
         if self.exchange is not None:
             return
         self.listener.ctx.metrics.http_rejected.labels(self.spec.name, "header_timeout").inc()
@@ -258,7 +286,6 @@ class HttpServer(asyncio.Protocol):
         self.close_lingering()
 
     def _keepalive_timeout(self) -> None:
-        self._timer = None
         if self.exchange is None and self._idle:
             self.close()
 
@@ -272,6 +299,7 @@ class HttpServer(asyncio.Protocol):
         """Shut the write side after the answer, drop what still arrives, then close."""
         if self.closing or self.transport is None:
             return
+        self.uncork()
         self.closing = True
         self.pending.clear()
         transport = self.transport
@@ -284,12 +312,14 @@ class HttpServer(asyncio.Protocol):
             transport.close()
 
     def close(self) -> None:
+        self.uncork()
         self.closing = True
         self._cancel_timer()
         if self.transport is not None and not self.closed:
             self.transport.close()
 
     def abort(self) -> None:
+        self._cork = None
         self.closing = True
         self._cancel_timer()
         if self.exchange is not None:
@@ -313,6 +343,9 @@ class HttpServer(asyncio.Protocol):
         self.closed = True
         self.closing = True
         self._cancel_timer()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         if self.exchange is not None:
             self.exchange.client_lost()
             self.exchange = None
@@ -343,11 +376,28 @@ class HttpServer(asyncio.Protocol):
             self.exchange.client_resume()
 
     # -- timers -----------------------------------------------------------------
+    # One timer handle per connection, moved only when it must fire earlier:
+    # arming and cancelling per request is then just two attribute writes.
     def _arm(self, delay: float, callback: Callable[[], None]) -> None:
-        self._cancel_timer()
-        self._timer = asyncio.get_running_loop().call_later(delay, callback)
+        deadline = self.loop.time() + delay
+        self._deadline, self._on_deadline = deadline, callback
+        if self._timer is None or self._timer_at > deadline:
+            if self._timer is not None:
+                self._timer.cancel()
+            self._timer_at = deadline
+            self._timer = self.loop.call_at(deadline, self._fire)
+
+    def _fire(self) -> None:
+        self._timer = None
+        deadline, callback = self._deadline, self._on_deadline
+        if deadline is None or callback is None:
+            return
+        if deadline > self.loop.time():
+            self._timer_at = deadline
+            self._timer = self.loop.call_at(deadline, self._fire)
+            return
+        self._deadline = self._on_deadline = None
+        callback()
 
     def _cancel_timer(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        self._deadline = self._on_deadline = None

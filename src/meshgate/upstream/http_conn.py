@@ -132,6 +132,7 @@ class KeepAlive:
         self.per_key = per_key
         self._idle: dict[Hashable, list[UpstreamConn]] = {}
         self._sweeper: asyncio.TimerHandle | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     def take(self, key: Hashable) -> UpstreamConn | None:
         conns = self._idle.get(key)
@@ -151,7 +152,9 @@ class KeepAlive:
         if len(conns) >= self.per_key:
             conn.close()
             return
-        loop = asyncio.get_running_loop()
+        loop = self._loop
+        if loop is None:  # looked up once: each lookup costs a getpid()
+            loop = self._loop = asyncio.get_running_loop()
         conn.idle_since = loop.time()
         if conn.transport is not None:
             # Its exchange may have paused it (a slow client); idle, it must be
