@@ -101,9 +101,16 @@ class Dataplane:
         self.ctx.keepalive.close_all()
 
     def flush(self) -> None:
-        """Bring byte counters in /metrics up to date (called before a scrape)."""
+        """Bring byte counters and endpoint health in /metrics up to date
+        (called before a scrape)."""
         for listener in [*self.listeners.values(), *self._retiring]:
             listener.flush()
+        healthy = self.ctx.metrics.endpoint_healthy
+        healthy.clear()  # endpoints removed by a reload disappear
+        now = asyncio.get_running_loop().time()
+        for pool in self.ctx.pools:
+            for ep in pool.endpoints:
+                healthy.labels(pool.spec.name, str(ep.addr)).set(1 if ep.available(now) else 0)
 
     def ready(self) -> tuple[bool, list[dict[str, Any]]]:
         """Ready when every listener of the table is serving; else which are not."""

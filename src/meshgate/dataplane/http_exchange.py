@@ -167,6 +167,7 @@ class Exchange:
                 ctx.tls.client_side,
                 candidates=candidates,
                 connect_timeout=self.route.connect_timeout,
+                success_is_connect=False,
             )
         except NoEndpointAvailable as exc:
             log.info(
@@ -325,6 +326,8 @@ class Exchange:
             return
         self.response = resp
         self.status = resp.status
+        if self.ep is not None and self.pool is not None and self.ep.failures:
+            self.pool.record_success(self.ep)  # a valid response: the endpoint works
         head_only = self.head.method == "HEAD" or resp.status in (204, 304)
         client_11 = self.head.version == "1.1"
         self.chunked_out = not head_only and client_11 and (resp.chunked or resp.until_close)
@@ -397,8 +400,7 @@ class Exchange:
             aio.spawn(self._connect(), name="http upstream retry")
             return
         assert self.pool is not None
-        metrics = self.server.listener.ctx.metrics
-        metrics.http_upstream_errors.labels(self.pool.spec.name, error.label).inc()
+        self._upstream_failed(error.label)
         log.warning(
             "bad upstream response",
             extra={
@@ -426,21 +428,30 @@ class Exchange:
             self._finish(keep_alive=False)
             self.server.close()
             return
+        retry = not self.response_started and self._may_retry()
+        if not self.response_started and not retry:
+            self._upstream_failed("closed")
         self._release_endpoint()
         self.upstream = None
         if not self.response_started:
-            if self._may_retry():
+            if retry:
                 self.retried = True
                 aio.spawn(self._connect(), name="http upstream retry")
                 return
-            assert self.pool is not None
-            metrics = self.server.listener.ctx.metrics
-            metrics.http_upstream_errors.labels(self.pool.spec.name, "closed").inc()
             self.respond(502, "upstream_closed")
             return
         self.label = "upstream_truncated"
         self._finish(keep_alive=False)
         self.server.abort()
+
+    def _upstream_failed(self, reason: str) -> None:
+        """Count a failed exchange against the backend, and against its
+        endpoint for passive ejection (as a refused connect is)."""
+        assert self.pool is not None
+        metrics = self.server.listener.ctx.metrics
+        metrics.http_upstream_errors.labels(self.pool.spec.name, reason).inc()
+        if self.ep is not None:
+            self.pool.record_failure(self.ep, self.loop.time())
 
     def _may_retry(self) -> bool:
         return (
@@ -471,8 +482,7 @@ class Exchange:
         if self.finished:
             return
         if self.pool is not None:
-            metrics = self.server.listener.ctx.metrics
-            metrics.http_upstream_errors.labels(self.pool.spec.name, "timeout").inc()
+            self._upstream_failed("timeout")
         self._drop_upstream()
         if self.response_started:
             self.label = "upstream_timeout"

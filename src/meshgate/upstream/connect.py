@@ -74,13 +74,17 @@ async def connect(
     *,
     candidates: list[EndpointState] | None = None,
     connect_timeout: float | None = None,
+    success_is_connect: bool = True,
 ) -> tuple[asyncio.Transport, P, EndpointState]:
     """Open a connection to the first endpoint of `pool` that accepts one.
 
     With `tls_for` answering a context, the connection is TLS and counts as
     made only once the handshake (and certificate check) succeeded.
     `candidates` (default: the pool's order now) and `connect_timeout` (default: the
-    backend's connect timeout) let an HTTP route choose. The caller
+    backend's connect timeout) let an HTTP route choose; HTTP also counts an
+    endpoint's success at a valid response, not at connect
+    (`success_is_connect=False`), so one that accepts and then answers garbage
+    is ejected. The caller
     must decrement `in_flight` of the returned endpoint when the connection ends.
     """
     loop = asyncio.get_running_loop()
@@ -115,6 +119,7 @@ async def connect(
         except BaseException:
             ep.in_flight -= 1
             raise
-        pool.record_success(ep)
+        if success_is_connect:
+            pool.record_success(ep)
         return transport, protocol, ep
     raise NoEndpointAvailable(spec.name, tuple(attempts))
