@@ -815,6 +815,17 @@ def test_http10_keepalive_client_gets_a_chunked_body_close_delimited(proxy: Prox
         assert time.monotonic() - started < 0.8
 
 
+def test_http10_keepalive_client_is_told_the_connection_stays(proxy: Proxy) -> None:
+    # HTTP/1.0 closes unless the response says keep-alive: without the header
+    # such a client reconnects for every request.
+    with proxy.client() as c:
+        first = c.request("/one", version="1.0", headers=("Connection: keep-alive",))
+        assert first.header("connection") == "keep-alive"
+        second = c.request("/two", version="1.0", headers=("Connection: keep-alive",))
+        assert second.status == 200
+        assert second.json()["path"] == "/two"
+
+
 def test_backend_gets_the_host_the_route_was_chosen_by(proxy: Proxy) -> None:
     with proxy.client() as c:
         # Absolute form: the target's authority wins over the Host header

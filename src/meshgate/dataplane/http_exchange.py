@@ -41,6 +41,7 @@ from meshgate.protocols.http1 import (
 )
 from meshgate.protocols.http_forward import (
     client_response,
+    connection_header,
     interim_response,
     new_request_id,
     request_id_of,
@@ -342,6 +343,7 @@ class Exchange:
                 chunked=self.chunked_out,
                 keep_alive=self.keep_alive,
                 request_id=self.request_id,
+                http10=self.head.version == "1.0",
             )
         )
 
@@ -512,6 +514,7 @@ class Exchange:
                 request_id=self.request_id,
                 headers=headers or (),
                 head_only=self.head.method == "HEAD",
+                http10=self.head.version == "1.0",
             )
         )
         self._finish(keep_alive)
@@ -527,9 +530,8 @@ class Exchange:
             (b"Content-Type", b"text/plain; charset=utf-8"),
             (b"Content-Length", str(len(body)).encode()),
             (b"X-Request-ID", self.request_id.encode()),
+            *connection_header(keep_alive, self.head.version == "1.0"),
         ]
-        if not keep_alive:
-            headers.append((b"Connection", b"close"))
         self.status, self.label = 200, "builtin"
         self.bytes_out = len(body)
         head_only = self.head.method == "HEAD"

@@ -142,8 +142,21 @@ def upstream_request(
     return serialize_request_head(head.method, target, headers)
 
 
+def connection_header(keep_alive: bool, http10: bool) -> list[tuple[bytes, bytes]]:
+    """What tells the client whether the connection stays: HTTP/1.1 keeps it
+    unless told `close`; HTTP/1.0 closes it unless told `keep-alive`."""
+    if not keep_alive:
+        return [(b"Connection", b"close")]
+    return [(b"Connection", b"keep-alive")] if http10 else []
+
+
 def client_response(
-    resp: ResponseHead, *, chunked: bool, keep_alive: bool, request_id: str | None = None
+    resp: ResponseHead,
+    *,
+    chunked: bool,
+    keep_alive: bool,
+    request_id: str | None = None,
+    http10: bool = False,
 ) -> bytes:
     """The response head sent to the client for the backend's `resp`.
 
@@ -161,8 +174,7 @@ def client_response(
         headers.append((b"Transfer-Encoding", b"chunked"))
     elif resp.content_length is not None:
         headers.append((b"Content-Length", str(resp.content_length).encode()))
-    if not keep_alive:
-        headers.append((b"Connection", b"close"))
+    headers.extend(connection_header(keep_alive, http10))
     if request_id is not None and not any(n.lower() == b"x-request-id" for n, _ in headers):
         headers.append((b"X-Request-ID", request_id.encode()))
     return serialize_response_head(
@@ -177,6 +189,7 @@ def simple_response(
     request_id: str | None = None,
     headers: Iterable[tuple[bytes, bytes]] = (),
     head_only: bool = False,
+    http10: bool = False,
 ) -> bytes:
     """A whole response meshgate answers itself (errors, redirects)."""
     reason = REASONS.get(status, "")
@@ -186,8 +199,7 @@ def simple_response(
     out.append((b"Content-Length", str(len(body)).encode()))
     if request_id is not None:
         out.append((b"X-Request-ID", request_id.encode()))
-    if not keep_alive:
-        out.append((b"Connection", b"close"))
+    out.extend(connection_header(keep_alive, http10))
     return serialize_response_head(status, reason, out) + (b"" if head_only else body)
 
 
