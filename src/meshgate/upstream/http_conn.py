@@ -127,7 +127,7 @@ class UpstreamConn(asyncio.Protocol):
 class KeepAlive:
     """Idle upstream connections by key (endpoint and TLS settings)."""
 
-    def __init__(self, idle_timeout: float = 60.0, per_key: int = 64) -> None:
+    def __init__(self, idle_timeout: float = 60.0, per_key: int = 512) -> None:
         self.idle_timeout = idle_timeout
         self.per_key = per_key
         self._idle: dict[Hashable, list[UpstreamConn]] = {}
