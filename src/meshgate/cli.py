@@ -180,8 +180,6 @@ def _sources(
     bind: str,
     cluster_bind: str,
     dns_name: str | None = None,
-    manifests: list[str] | None = None,
-    ingress_options: IngressOptions | None = None,
 ) -> list[ConfigSource]:
     sources: list[ConfigSource] = []
     if ingress or egress:
@@ -195,9 +193,21 @@ def _sources(
             )
         )
     sources.extend(FileSource(path) for path in files or [])
-    if manifests:
-        sources.append(ManifestSource(manifests, ingress_options or IngressOptions()))
     return sources
+
+
+def _manifest_sources(
+    manifests: list[str] | None,
+    bind: str,
+    ingress_class: str | None,
+    http_listen: str | None,
+    https_listen: str | None,
+    files: list[str] | None,
+) -> list[ConfigSource]:
+    if not manifests:
+        return []
+    options = _ingress_options(bind, ingress_class, http_listen, https_listen, files)
+    return [ManifestSource(manifests, options)]
 
 
 def _print_notes(sources: list[ConfigSource], console: Console) -> int:
@@ -275,16 +285,8 @@ def run(
 ) -> None:
     """Run the data plane: listen, route and forward until SIGTERM (SIGHUP reloads)."""
     mlog.setup(log_format, log_level)
-    sources = _sources(
-        ingress,
-        egress,
-        config,
-        bind,
-        cluster_bind,
-        dns_name,
-        manifests,
-        _ingress_options(bind, ingress_class, http_listen, https_listen, config),
-    )
+    sources = _sources(ingress, egress, config, bind, cluster_bind, dns_name)
+    sources += _manifest_sources(manifests, bind, ingress_class, http_listen, https_listen, config)
     cfg = _load_or_exit(sources)
     admin_text, drain = resolve_options(cfg, admin, drain_timeout)
     try:
@@ -340,16 +342,8 @@ def check(
     """
     from meshgate.statusview import render_config
 
-    sources = _sources(
-        ingress,
-        egress,
-        config,
-        bind,
-        cluster_bind,
-        dns_name,
-        manifests,
-        _ingress_options(bind, ingress_class, http_listen, https_listen, config),
-    )
+    sources = _sources(ingress, egress, config, bind, cluster_bind, dns_name)
+    sources += _manifest_sources(manifests, bind, ingress_class, http_listen, https_listen, config)
     cfg = _load_or_exit(sources)
     table = compile_table(
         cfg, version=1, sources=tuple(s.name for s in sources), mesh_addresses=(AUTO,)
