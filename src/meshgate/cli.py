@@ -7,8 +7,10 @@ stderr with its source, object and field).
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import json
+import os
 import sys
 from typing import Annotated
 
@@ -16,8 +18,8 @@ import typer
 import uvloop
 from rich.console import Console
 
-from meshgate import __version__
-from meshgate.admin import parse_listen
+from meshgate import __version__, aio
+from meshgate.admin import AdminServer, parse_listen
 from meshgate.config.manifests import IngressOptions
 from meshgate.config.model import AUTO, Config, check_listen
 from meshgate.errors import ConfigError
@@ -28,6 +30,7 @@ from meshgate.routing.compile import compile_table, needs_mesh
 from meshgate.runtime import Runtime, RuntimeOptions, StartupError, check_tls, resolve_options
 from meshgate.sources import ConfigSource, load_all
 from meshgate.sources.file import FileSource
+from meshgate.sources.kube import KubeWatchSource
 from meshgate.sources.manifests import ManifestSource
 from meshgate.sources.static import RulesSource
 
@@ -196,6 +199,30 @@ def _sources(
     return sources
 
 
+Kubeconfig = Annotated[
+    str | None,
+    typer.Option(
+        "--kubeconfig",
+        metavar="FILE",
+        help="Kubernetes client configuration; default: in-cluster, else $KUBECONFIG "
+        "or ~/.kube/config.",
+    ),
+]
+
+
+def _watch_source(
+    kubeconfig: str | None, options: IngressOptions, namespace: str | None
+) -> KubeWatchSource:
+    from meshgate.kube.client import KubeClient, KubeError
+
+    try:
+        client = KubeClient.from_config(kubeconfig)
+    except (KubeError, OSError, ValueError) as exc:
+        Console(stderr=True).print(f"meshgate: cannot use Kubernetes: {exc}", markup=False)
+        raise typer.Exit(2) from None
+    return KubeWatchSource(client, options, namespace)
+
+
 def _manifest_sources(
     manifests: list[str] | None,
     bind: str,
@@ -229,7 +256,7 @@ def _load_or_exit(sources: list[ConfigSource]) -> Config:
     if not sources:
         err.print(
             "meshgate: no configuration: give --ingress/--egress rules, -c FILE or "
-            "--manifests PATH (see meshgate run --help)"
+            "--manifests PATH, or --watch (see meshgate run --help)"
         )
         raise typer.Exit(2)
     try:
@@ -282,12 +309,32 @@ def run(
     ingress_class: IngressClass = None,
     http_listen: HttpListen = None,
     https_listen: HttpsListen = None,
+    watch: Annotated[
+        bool,
+        typer.Option(
+            "--watch",
+            help="Serve the Ingresses of --ingress-class (and the Services, EndpointSlices "
+            "and TLS Secrets they use) from a live Kubernetes API server; changes apply "
+            "as they happen.",
+        ),
+    ] = False,
+    kubeconfig: Kubeconfig = None,
+    watch_namespace: Annotated[
+        str | None,
+        typer.Option("--watch-namespace", metavar="NS", help="With --watch: this namespace only."),
+    ] = None,
 ) -> None:
     """Run the data plane: listen, route and forward until SIGTERM (SIGHUP reloads)."""
     mlog.setup(log_format, log_level)
     sources = _sources(ingress, egress, config, bind, cluster_bind, dns_name)
     sources += _manifest_sources(manifests, bind, ingress_class, http_listen, https_listen, config)
-    cfg = _load_or_exit(sources)
+    live: list[KubeWatchSource] = []
+    if watch:
+        ingress_opts = _ingress_options(bind, ingress_class, http_listen, https_listen, config)
+        live.append(_watch_source(kubeconfig, ingress_opts, watch_namespace))
+    # Static sources are checked before anything starts; the live ones once
+    # their first LIST is in.
+    cfg = _load_or_exit(sources) if sources or not live else Config()
     admin_text, drain = resolve_options(cfg, admin, drain_timeout)
     try:
         admin_addr = parse_listen(admin_text)
@@ -312,7 +359,14 @@ def run(
     )
 
     async def main() -> None:
-        await Runtime(sources, cfg, options).serve()
+        for source in live:
+            await source.start()
+        try:
+            current = _load_or_exit([*sources, *live]) if live else cfg
+            await Runtime([*sources, *live], current, options).serve()
+        finally:
+            for source in live:
+                await source.stop()
 
     try:
         uvloop.run(main())
@@ -490,6 +544,112 @@ def dns_coredns(
 ) -> None:
     """Print a CoreDNS server block serving the mesh DNS names."""
     sys.stdout.write(coredns_stanza(_dns_records(ingress, config, bind, dns_name, address)))
+
+
+def _operator_namespace(given: str | None) -> str:
+    """--namespace, else the pod's own namespace (in-cluster), else meshgate-system."""
+    if given:
+        return given
+    try:
+        with open("/var/run/secrets/kubernetes.io/serviceaccount/namespace") as f:
+            return f.read().strip() or "meshgate-system"
+    except OSError:
+        return "meshgate-system"
+
+
+@app.command()
+def operator(
+    kubeconfig: Kubeconfig = None,
+    namespace: Annotated[
+        str | None,
+        typer.Option(
+            "--namespace",
+            metavar="NS",
+            help="Where proxy Deployments and the mesh token Secret live; default the "
+            "operator pod's own namespace, else meshgate-system.",
+        ),
+    ] = None,
+    identity: Annotated[
+        str | None,
+        typer.Option(
+            "--identity",
+            metavar="NAME",
+            help="Leader election identity (default: $POD_NAME, else the host name).",
+        ),
+    ] = None,
+    admin: Annotated[
+        str,
+        typer.Option(
+            "--admin",
+            metavar="ADDR:PORT|off",
+            help="Admin server: /healthz, /readyz (informers synced), /status, /metrics.",
+        ),
+    ] = "127.0.0.1:9901",
+    log_format: Annotated[
+        mlog.LogFormat, typer.Option("--log-format", help="Log lines as json or text.")
+    ] = "text",
+    log_level: Annotated[
+        str, typer.Option("--log-level", help="debug, info, warning, error.")
+    ] = "info",
+) -> None:
+    """Reconcile Services annotated for the mesh into proxy Deployments, live."""
+    import signal
+    import socket
+
+    from meshgate.kube.client import KubeClient, KubeError
+    from meshgate.kube.operator import Operator
+
+    mlog.setup(log_format, log_level)
+    try:
+        client = KubeClient.from_config(kubeconfig)
+    except (KubeError, OSError, ValueError) as exc:
+        Console(stderr=True).print(f"meshgate: cannot use Kubernetes: {exc}", markup=False)
+        raise typer.Exit(2) from None
+    ns = _operator_namespace(namespace)
+
+    try:
+        admin_addr = parse_listen(admin)
+    except ValueError as exc:
+        Console(stderr=True).print(f"meshgate: --admin: {exc}", markup=False)
+        raise typer.Exit(2) from None
+    who = identity or os.environ.get("POD_NAME") or socket.gethostname()
+
+    async def main() -> None:
+        op = Operator(client, ns, who)
+        server = AdminServer(*admin_addr, op) if admin_addr is not None else None
+        if server is not None:
+            await server.start()
+        loop = asyncio.get_running_loop()
+        task = aio.spawn(op.run(), name="operator")
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, task.cancel)
+        try:
+            await task
+        except asyncio.CancelledError:
+            pass
+        finally:
+            if server is not None:
+                await server.stop()
+            await client.close()
+
+    uvloop.run(main())
+
+
+@app.command()
+def render(
+    namespace: Annotated[
+        str, typer.Option("--namespace", metavar="NS", help="Namespace to install into.")
+    ] = "meshgate-system",
+    image: Annotated[
+        str | None, typer.Option("--image", metavar="IMAGE", help="meshgate image to run.")
+    ] = None,
+) -> None:
+    """Print the install manifests: `meshgate render | kubectl apply -f -`."""
+    from meshgate.kube.render import render as render_objects
+    from meshgate.kube.render import to_yaml
+
+    objects = render_objects(namespace, image) if image else render_objects(namespace)
+    sys.stdout.write(to_yaml(objects))
 
 
 @app.command()

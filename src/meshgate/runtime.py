@@ -201,6 +201,10 @@ class Runtime:
         )
         reloader = aio.spawn(self._reload_loop(), name="reload")
         watchers = [aio.spawn(self._watch_certs(), name="watch certificates")]
+        for source in self.sources:
+            changed = getattr(source, "changed", None)  # live sources (Kubernetes)
+            if isinstance(changed, asyncio.Event):
+                watchers.append(aio.spawn(self._follow_source(changed), name="follow source"))
         if self.mesh is not None:
             watchers.append(aio.spawn(self._follow_mesh(), name="follow mesh address"))
         try:
@@ -274,6 +278,13 @@ class Runtime:
             await self._reload.wait()
             self._reload.clear()
             await self.reload()
+
+    async def _follow_source(self, changed: asyncio.Event) -> None:
+        """Reload when a live source says its objects changed."""
+        while True:
+            await changed.wait()
+            changed.clear()
+            self._reload.set()
 
     async def _watch_certs(self) -> None:
         """Reload when a certificate, key or CA file the table uses changes."""

@@ -146,6 +146,24 @@ def test_quickstart_serves_and_status_shows_it(tmp_path: Path) -> None:
                 check=True,
             )
             assert out.stdout == "hello from meshgate (hello)\n"
+        # The HTTP listener: host + regex path, rewritten, to a built-in backend;
+        # anything else to the default backend.
+        url = "http://127.0.0.1:8083/api/v1/users"
+        routed = subprocess.run(
+            ["curl", "-sS", "--max-time", "5", "-H", "Host: app.example", url],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        assert "backend: api" in routed
+        assert "route: app.example/api(/|$)(.*)" in routed
+        other = subprocess.run(
+            ["curl", "-sS", "--max-time", "5", "http://127.0.0.1:8083/elsewhere"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        assert "backend: hello" in other
         shown = meshgate("status", "--admin", f"127.0.0.1:{mg.admin_port}")
         assert shown.returncode == 0, shown.stderr
         for text in ("hello", "echo", "relay", "serving", "127.0.0.1:8080"):

@@ -1,0 +1,1 @@
+"""Kubernetes API access: the client layer (`client`) and the informer (`watch`)."""

@@ -1,0 +1,377 @@
+"""`meshgate operator`: Services annotated for the mesh get proxies, live.
+
+Level-triggered: informers keep stores of Services (all namespaces), the
+operator's proxy Deployments, their Pods, proxy-class ConfigMaps and the
+EndpointSlices it manages; any change (coalesced) runs `reconcile()`, which
+compares what every Service asks for with what exists and makes the
+difference, whatever happened in between (a missed event cannot leave
+anything behind). Only the leader (kube/leader.py) writes.
+
+For each Service `kube/service_annotations.parse_service` accepts:
+- a proxy Deployment in the operator's namespace (`kube/proxy_spec.py`),
+  created, replaced when its spec hash changes (annotations, ports, proxy
+  class: a rolling update, the old proxy serves until the new one is ready),
+  deleted when the Service or its annotation goes;
+- for egress, an EndpointSlice in the Service's namespace pointing at the
+  ready proxy Pods, so the user's Service object is otherwise left alone;
+- status: the mesh IPs the proxy Pods report (their `meshgate.io/mesh-ip`
+  annotation) go to the Service's `meshgate.io/mesh-ip` annotation, to
+  `status.loadBalancer.ingress` for LoadBalancer Services, and into a
+  `MeshProxyReady` condition.
+A rejected Service (bad annotation, ingress and egress at once, missing mesh
+token Secret) gets a Warning Event explaining why, once per distinct
+reason, a `MeshProxyReady=False` condition, and no proxy: nothing crash-loops.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime
+import logging
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Gauge, generate_latest
+
+from meshgate import aio
+from meshgate.kube.client import (
+    CONFIGMAP,
+    DEPLOYMENT,
+    ENDPOINTSLICE,
+    EVENT,
+    POD,
+    SECRET,
+    SERVICE,
+    KubeClient,
+    KubeError,
+    NotFound,
+)
+from meshgate.kube.leader import LeaderElector
+from meshgate.kube.proxy_spec import (
+    ProxyClass,
+    egress_deployment,
+    egress_endpointslice,
+    event,
+    ingress_deployment,
+    mesh_ip_annotation_patch,
+    proxy_class_from_configmap,
+    service_status_patch,
+    spec_hash,
+)
+from meshgate.kube.service_annotations import EgressIntent, IngressIntent, Rejection, parse_service
+from meshgate.kube.watch import Informer
+
+log = logging.getLogger("meshgate.kube")
+
+MANAGED = "app.kubernetes.io/managed-by=meshgate-operator"
+HASH = "meshgate.io/spec-hash"
+SVC_NS = "meshgate.io/service-namespace"
+SVC_NAME = "meshgate.io/service-name"
+MESH_IP = "meshgate.io/mesh-ip"
+DEFAULT_CLASS = "meshgate-proxy-class"
+SETTLE = 0.2
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _key(obj: dict[str, Any]) -> tuple[str, str]:
+    meta = obj.get("metadata") or {}
+    return str(meta.get("namespace") or ""), str(meta.get("name") or "")
+
+
+def _labels(obj: dict[str, Any]) -> dict[str, str]:
+    return dict((obj.get("metadata") or {}).get("labels") or {})
+
+
+def _annotations(obj: dict[str, Any]) -> dict[str, str]:
+    return dict((obj.get("metadata") or {}).get("annotations") or {})
+
+
+def _ready(pod: dict[str, Any]) -> bool:
+    for cond in (pod.get("status") or {}).get("conditions") or []:
+        if cond.get("type") == "Ready":
+            return bool(cond.get("status") == "True")
+    return False
+
+
+class Operator:
+    def __init__(self, client: KubeClient, namespace: str, identity: str) -> None:
+        self.client = client
+        self.namespace = namespace
+        self.services = Informer(client, SERVICE, None, on_change=self.kick)
+        self.deployments = Informer(
+            client, DEPLOYMENT, namespace, label_selector=MANAGED, on_change=self.kick
+        )
+        self.pods = Informer(client, POD, namespace, label_selector=MANAGED, on_change=self.kick)
+        self.configmaps = Informer(client, CONFIGMAP, namespace, on_change=self.kick)
+        self.slices = Informer(
+            client, ENDPOINTSLICE, None, label_selector=MANAGED, on_change=self.kick
+        )
+        self.informers = [self.services, self.deployments, self.pods, self.configmaps, self.slices]
+        self.elector = LeaderElector(client, namespace, identity, on_change=lambda _: self.kick())
+        self.reconciles = 0
+        self.errors = 0
+        self._kicked = asyncio.Event()
+        self._reported: dict[tuple[str, str], str] = {}  # last rejection per Service
+        self._status: dict[tuple[str, str], tuple[tuple[str, ...], bool, str]] = {}
+        self.registry = CollectorRegistry()
+        self._gauges = {
+            name: Gauge(f"meshgate_operator_{name}", text, registry=self.registry)
+            for name, text in (
+                ("leader", "1 while this replica holds the Lease and writes"),
+                ("reconciles", "Reconcile passes run"),
+                ("reconcile_errors", "Reconcile passes that failed (retried)"),
+                ("proxies", "Proxy Deployments managed"),
+                ("rejected_services", "Services rejected (see their Events)"),
+                ("watch_relists", "Informer relists (410 Gone or first list)"),
+            )
+        }
+
+    def kick(self) -> None:
+        self._kicked.set()
+
+    async def run(self) -> None:
+        tasks = [aio.spawn(i.run(), name=f"watch {i.kind.plural}") for i in self.informers]
+        tasks.append(aio.spawn(self.elector.run(), name="leader election"))
+        try:
+            await asyncio.gather(*(i.synced.wait() for i in self.informers))
+            self.kick()
+            while True:
+                await self._kicked.wait()
+                await asyncio.sleep(SETTLE)  # let a burst of events settle
+                self._kicked.clear()
+                if not self.elector.leading:
+                    continue
+                try:
+                    await self.reconcile()
+                except KubeError as exc:
+                    self.errors += 1
+                    log.warning("reconcile failed", extra={"fields": {"error": str(exc)}})
+                    await asyncio.sleep(1.0)
+                    self.kick()  # level-triggered: try the whole thing again
+        finally:
+            await aio.cancel_and_wait(tasks)
+
+    # -- the whole reconcile ---------------------------------------------------
+    async def reconcile(self) -> None:
+        self.reconciles += 1
+        desired: dict[str, tuple[dict[str, Any], dict[str, Any], IngressIntent | EgressIntent]] = {}
+        for svc in self.services.store.items():
+            intent = parse_service(svc)
+            if intent is None:
+                continue
+            if isinstance(intent, Rejection):
+                await self._reject(svc, f"{intent.field}: {intent.reason}")
+                continue
+            deployment = await self._deployment_for(svc, intent)
+            if deployment is None:
+                continue
+            desired[deployment["metadata"]["name"]] = (svc, deployment, intent)
+        existing = {d["metadata"]["name"]: d for d in self.deployments.store.items()}
+        for name, (svc, deployment, intent) in desired.items():
+            current = existing.get(name)
+            if current is None:
+                await self.client.create(DEPLOYMENT, deployment, self.namespace)
+                await self._event(svc, "ProxyCreated", f"proxy Deployment {name} created")
+            elif _annotations(current).get(HASH) != _annotations(deployment).get(HASH):
+                await self.client.patch(
+                    DEPLOYMENT, name, deployment, self.namespace, patch_type="apply", force=True
+                )
+                await self._event(svc, "ProxyUpdated", f"proxy Deployment {name} updated")
+            await self._report(svc, name, intent)
+        for name, current in existing.items():
+            if name not in desired:
+                await self._remove(current)
+        await self._collect_slices(desired)
+
+    async def _deployment_for(
+        self, svc: dict[str, Any], intent: IngressIntent | EgressIntent
+    ) -> dict[str, Any] | None:
+        pclass = self._proxy_class(intent.proxy_class)
+        if isinstance(pclass, Rejection):
+            await self._reject(svc, f"{pclass.field}: {pclass.reason}")
+            return None
+        try:
+            await self.client.get(SECRET, intent.secret_name, self.namespace)
+        except NotFound:
+            await self._reject(
+                svc,
+                f"the mesh token Secret {self.namespace}/{intent.secret_name} does not exist "
+                f"(key {intent.secret_key!r}); create it, or name another with "
+                "meshgate.io/secret-name",
+            )
+            return None
+        if isinstance(intent, IngressIntent):
+            deployment = ingress_deployment(svc, intent, pclass, self.namespace)
+        else:
+            deployment = egress_deployment(svc, intent, pclass, self.namespace)
+        annotations = deployment["metadata"].setdefault("annotations", {})
+        annotations.setdefault(HASH, spec_hash(deployment))
+        return deployment
+
+    def _proxy_class(self, name: str | None) -> ProxyClass | Rejection:
+        cm = self.configmaps.store.get(self.namespace, name or DEFAULT_CLASS)
+        if cm is None and name is not None:
+            return Rejection(
+                "metadata.annotations[meshgate.io/proxy-class]",
+                f"no proxy class ConfigMap {self.namespace}/{name}",
+            )
+        return proxy_class_from_configmap(cm)
+
+    # -- status ----------------------------------------------------------------
+    def _proxy_pods(self, svc: dict[str, Any]) -> list[dict[str, Any]]:
+        ns, name = _key(svc)
+        return [
+            pod
+            for pod in self.pods.store.items()
+            if _labels(pod).get(SVC_NS) == ns and _labels(pod).get(SVC_NAME) == name
+        ]
+
+    async def _report(
+        self, svc: dict[str, Any], deployment: str, intent: IngressIntent | EgressIntent
+    ) -> None:
+        pods = [p for p in self._proxy_pods(svc) if _ready(p)]
+        ips = tuple(
+            sorted(
+                {
+                    ip.strip()
+                    for pod in pods
+                    for ip in (_annotations(pod).get(MESH_IP) or "").split(",")
+                    if ip.strip()
+                }
+            )
+        )
+        ready = bool(pods) and (bool(ips) or isinstance(intent, EgressIntent))
+        message = (
+            f"proxy {deployment} ready" + (f" at {', '.join(ips)}" if ips else "")
+            if ready
+            else f"waiting for proxy {deployment}"
+        )
+        key = _key(svc)
+        self._reported.pop(key, None)
+        if self._status.get(key) == (ips, ready, message):
+            return
+        ns, name = key
+        await self.client.patch(
+            SERVICE, name, service_status_patch(svc, list(ips), ready, message), ns,
+            subresource="status",
+        )  # fmt: skip
+        if ips and _annotations(svc).get(MESH_IP) != ",".join(ips):
+            await self.client.patch(SERVICE, name, mesh_ip_annotation_patch(list(ips)), ns)
+        self._status[key] = (ips, ready, message)
+
+    async def _reject(self, svc: dict[str, Any], reason: str) -> None:
+        key = _key(svc)
+        if self._reported.get(key) == reason:
+            return  # explained already; do not flood Events
+        self._reported[key] = reason
+        self._status.pop(key, None)
+        ns, name = key
+        log.warning(
+            "service rejected", extra={"fields": {"service": f"{ns}/{name}", "reason": reason}}
+        )
+        await self._event(svc, "MeshProxyRejected", reason, "Warning")
+        await self.client.patch(
+            SERVICE, name, service_status_patch(svc, [], False, reason), ns, subresource="status"
+        )
+
+    async def _event(
+        self, svc: dict[str, Any], reason: str, message: str, type_: str = "Normal"
+    ) -> None:
+        ns = _key(svc)[0]
+        try:
+            await self.client.create(EVENT, event(svc, reason, message, type_, _now()), ns)
+        except KubeError as exc:  # an Event is worth a try, not a failed reconcile
+            log.info("event not recorded", extra={"fields": {"error": str(exc)}})
+
+    # -- cleanup and egress slices ------------------------------------------------
+    async def _remove(self, deployment: dict[str, Any]) -> None:
+        name = deployment["metadata"]["name"]
+        labels = _labels(deployment)
+        with contextlib.suppress(NotFound):
+            await self.client.delete(DEPLOYMENT, name, self.namespace)
+        log.info(
+            "proxy removed",
+            extra={
+                "fields": {
+                    "deployment": name,
+                    "service": f"{labels.get(SVC_NS)}/{labels.get(SVC_NAME)}",
+                }
+            },
+        )
+
+    async def _collect_slices(
+        self,
+        desired: dict[str, tuple[dict[str, Any], dict[str, Any], IngressIntent | EgressIntent]],
+    ) -> None:
+        wanted: dict[tuple[str, str], dict[str, Any]] = {}
+        for svc, _, intent in desired.values():
+            if not isinstance(intent, EgressIntent):
+                continue
+            ips = [
+                str((pod.get("status") or {}).get("podIP"))
+                for pod in self._proxy_pods(svc)
+                if _ready(pod) and (pod.get("status") or {}).get("podIP")
+            ]
+            piece = egress_endpointslice(svc, ips, intent)
+            wanted[_key(piece)] = piece
+        existing = {_key(s): s for s in self.slices.store.items()}
+        for key, piece in wanted.items():
+            current = existing.get(key)
+            if current is None:
+                await self.client.create(ENDPOINTSLICE, piece, key[0])
+            elif current.get("endpoints") != piece.get("endpoints") or current.get(
+                "ports"
+            ) != piece.get("ports"):
+                await self.client.patch(
+                    ENDPOINTSLICE, key[1], piece, key[0], patch_type="apply", force=True
+                )
+        for key in existing.keys() - wanted.keys():
+            with contextlib.suppress(NotFound):
+                await self.client.delete(ENDPOINTSLICE, key[1], key[0])
+
+    # -- admin (AdminState): probes, /status and /metrics ---------------------
+    def ready(self) -> tuple[bool, dict[str, Any]]:
+        waiting = [i.kind.plural for i in self.informers if not i.synced.is_set()]
+        if waiting:
+            return False, {"ready": False, "reason": "informers not synced", "waiting": waiting}
+        return True, {"ready": True, "leader": self.elector.leading}
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "operator": {
+                "namespace": self.namespace,
+                "identity": self.elector.identity,
+                "leader": self.elector.leading,
+                "lease_holder": self.elector.holder,
+                "reconciles": self.reconciles,
+                "errors": self.errors,
+            },
+            "proxies": [
+                {
+                    "deployment": d["metadata"]["name"],
+                    "service": f"{_labels(d).get(SVC_NS)}/{_labels(d).get(SVC_NAME)}",
+                    "ready_replicas": (d.get("status") or {}).get("readyReplicas", 0),
+                }
+                for d in self.deployments.store.items()
+            ],
+            "rejected": {f"{ns}/{name}": why for (ns, name), why in self._reported.items()},
+        }
+
+    def config(self) -> dict[str, Any]:
+        return {}
+
+    def metrics(self) -> bytes:
+        values = {
+            "leader": 1 if self.elector.leading else 0,
+            "reconciles": self.reconciles,
+            "reconcile_errors": self.errors,
+            "proxies": len(self.deployments.store.items()),
+            "rejected_services": len(self._reported),
+            "watch_relists": sum(getattr(i, "relists", 0) for i in self.informers),
+        }
+        for name, value in values.items():
+            self._gauges[name].set(value)
+        return bytes(generate_latest(self.registry))
