@@ -36,7 +36,8 @@ connection failures are `Retryable` with status 0.
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncGenerator
+import time
+from collections.abc import AsyncGenerator, Mapping
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from typing import Any, Literal, NoReturn
@@ -222,22 +223,21 @@ def _resource_classes(kind: Kind) -> _Classes:
     return made
 
 
-def _retry_after(response: httpx.Response, details: dict[str, Any]) -> float | None:
-    header = response.headers.get("Retry-After")
+def _retry_after(headers: Mapping[str, str], details: Mapping[str, Any]) -> float | None:
+    """Seconds to wait: the Retry-After header (seconds or an HTTP date), else
+    the Status's `details.retryAfterSeconds`."""
+    header = headers.get("Retry-After", "").strip()
     if header:
         try:
             return max(0.0, float(header))
         except ValueError:
             pass
         try:
-            when = parsedate_to_datetime(header)
-        except (TypeError, ValueError):
-            when = None
-        if when is not None:
-            date = response.headers.get("Date")
-            now = parsedate_to_datetime(date) if date else None
-            if now is not None:
-                return max(0.0, (when - now).total_seconds())
+            when = parsedate_to_datetime(header).timestamp()
+        except (TypeError, ValueError, IndexError):
+            pass
+        else:
+            return max(0.0, when - time.time())
     seconds = details.get("retryAfterSeconds")
     if isinstance(seconds, int | float) and not isinstance(seconds, bool):
         return max(0.0, float(seconds))
@@ -259,7 +259,7 @@ def _error_from_response(response: httpx.Response) -> KubeError:
     code = response.status_code
     reason = str(body.get("reason") or response.reason_phrase or "")
     message = str(body.get("message") or response.text[:200].strip())
-    return error_for(code, reason, message, _retry_after(response, details or {}))
+    return error_for(code, reason, message, _retry_after(response.headers, details or {}))
 
 
 def _error_from_status(status: dict[str, Any]) -> KubeError:
@@ -270,7 +270,7 @@ def _error_from_status(status: dict[str, Any]) -> KubeError:
         code if isinstance(code, int) else 500,
         str(status.get("reason") or "Error"),
         str(status.get("message") or ""),
-        _retry_after(httpx.Response(200), details if isinstance(details, dict) else {}),
+        _retry_after({}, details if isinstance(details, dict) else {}),
     )
 
 
@@ -310,10 +310,12 @@ class KubeClient:
             self._lk = lightkube.AsyncClient(
                 config, timeout=httpx.Timeout(REQUEST_TIMEOUT), field_manager=field_manager
             )
-        except Exception as exc:
-            _raise_mapped(exc)
+        except (lightkube.ConfigError, OSError, ValueError, KeyError) as exc:
+            # No current context, an unreadable CA or client certificate...
+            raise KubeConfigError(0, "ConfigError", str(exc) or repr(exc)) from exc
+        # The GenericAsyncClient under lightkube's AsyncClient: its request
+        # building and its httpx client (auth, TLS) serve `list` and `watch`.
         self._generic: GenericAsyncClient = self._lk._client
-        self._field_manager = field_manager
 
     @classmethod
     def from_config(cls, kubeconfig: str | None = None) -> KubeClient:
@@ -390,7 +392,7 @@ class KubeClient:
             _raise_mapped(exc)
         return items, rv
 
-    def watch(
+    async def watch(
         self,
         kind: Kind,
         namespace: str | None = None,
@@ -406,25 +408,6 @@ class KubeClient:
         (with Retry-After) and connection failures. Close it (`aclose`) when
         abandoning it early, so the connection is released at once.
         """
-        return self._watch(
-            kind,
-            namespace,
-            resource_version=resource_version,
-            timeout_seconds=timeout_seconds,
-            label_selector=label_selector,
-            bookmarks=bookmarks,
-        )
-
-    async def _watch(
-        self,
-        kind: Kind,
-        namespace: str | None,
-        *,
-        resource_version: str,
-        timeout_seconds: int,
-        label_selector: str | None,
-        bookmarks: bool,
-    ) -> AsyncGenerator[WatchEvent, None]:
         res = _resource_classes(kind).main
         ns = (namespace or ALL_NS) if kind.namespaced else None
         try:

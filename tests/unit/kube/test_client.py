@@ -2,15 +2,18 @@
 
 A small scripted aiohttp server (`Stub`) answers what each test tells it to
 and records what it was asked, so the exact URLs, parameters, headers and
-bodies lightkube sends are asserted; the fake API server
-(tests/kube/fake_apiserver.py) is used for the calls' semantics end to end.
+bodies lightkube sends are asserted, and odd answers (no Content-Type, a cut
+stream) can be played; the fake API server (tests/kube/fake_apiserver.py)
+checks the calls' semantics end to end.
 """
 
 from __future__ import annotations
 
 import asyncio
+import email.utils
 import json
 import ssl
+import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +28,7 @@ from meshgate.kube.client import (
     CONFIGMAP,
     INGRESS,
     INGRESSCLASS,
+    NAMESPACE,
     SERVICE,
     Conflict,
     Forbidden,
@@ -38,6 +42,7 @@ from meshgate.kube.client import (
     WatchEvent,
     error_for,
 )
+from tests.kube.fake_apiserver import FakeApiServer
 
 STATUS_JSON = "application/json"
 
@@ -243,6 +248,23 @@ def test_from_config_missing_file_is_a_config_error(tmp_path: Path) -> None:
         KubeClient.from_config(str(tmp_path / "absent"))
 
 
+def test_from_config_unreadable_ca_is_a_config_error(tmp_path: Path) -> None:
+    path = write_kubeconfig(
+        tmp_path / "config", "https://127.0.0.1:1", **{"certificate-authority": "missing.pem"}
+    )
+    with pytest.raises(KubeConfigError):
+        KubeClient.from_config(str(path))
+
+
+def test_from_config_without_current_context_is_a_config_error(tmp_path: Path) -> None:
+    path = write_kubeconfig(tmp_path / "config", "http://127.0.0.1:1")
+    config = yaml.safe_load(path.read_text())
+    del config["current-context"]
+    path.write_text(yaml.safe_dump(config))
+    with pytest.raises(KubeConfigError, match="context"):
+        KubeClient.from_config(str(path))
+
+
 async def test_tls_trusts_the_kubeconfig_ca(tmp_path: Path) -> None:
     ca = trustme.CA()
     server_ssl = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
@@ -442,6 +464,11 @@ async def test_delete_and_not_found(stub: Stub, client: KubeClient) -> None:
         ),
         (Answer(500, status(500, "InternalError", "boom")), Retryable, None),
         (Answer(503, "upstream down", content_type="text/plain"), Retryable, None),
+        (
+            Answer(503, "later", {"Retry-After": "Thu, 01 Jan 1970 00:00:00 GMT"}, "text/plain"),
+            Retryable,
+            0.0,  # an HTTP date in the past: retry now
+        ),
         (Answer(504, "{not json", content_type="application/json"), Retryable, None),
     ],
 )
@@ -459,6 +486,15 @@ async def test_error_answers_are_mapped(
     assert caught.value.status == answer.status
     if isinstance(caught.value, Retryable):
         assert caught.value.retry_after == retry_after
+
+
+async def test_retry_after_as_a_future_http_date(stub: Stub, client: KubeClient) -> None:
+    when = email.utils.formatdate(time.time() + 30, usegmt=True)
+    stub.on("GET", "/api/v1/services", Answer(503, "x", {"Retry-After": when}, "text/plain"))
+    with pytest.raises(Retryable) as caught:
+        await client.list(SERVICE)
+    assert caught.value.retry_after is not None
+    assert 25 < caught.value.retry_after <= 30
 
 
 async def test_error_without_content_type_from_a_proxy(tmp_path: Path) -> None:
@@ -653,3 +689,162 @@ async def test_generic_classes_stay_out_of_lightkubes_registry(
     widget = Kind("example.com", "v1", "widgets", "Widget", namespaced=True)
     stub.on("GET", "/apis/example.com/v1/namespaces/a/widgets/w", Answer(body={"x": 1}))
     assert await client.get(widget, "w", "a") == {"x": 1}
+
+
+# ---------------------------------------------------------------- the fake API server
+
+
+@pytest.fixture
+def api() -> Iterator[FakeApiServer]:
+    with FakeApiServer(namespaces=("default", "web")) as server:
+        yield server
+
+
+@pytest.fixture
+async def kube(api: FakeApiServer, tmp_path: Path) -> AsyncIterator[KubeClient]:
+    client = KubeClient.from_config(str(api.write_kubeconfig(tmp_path / "kubeconfig")))
+    yield client
+    await client.close()
+
+
+async def test_fake_create_get_replace_patch_delete(api: FakeApiServer, kube: KubeClient) -> None:
+    made = await kube.create(CONFIGMAP, {"metadata": {"name": "c"}, "data": {"k": "1"}}, "web")
+    meta = made["metadata"]
+    assert meta["namespace"] == "web"
+    assert meta["uid"]
+    assert await kube.get(CONFIGMAP, "c", "web") == made
+
+    with pytest.raises(Conflict) as exists:
+        await kube.create(CONFIGMAP, {"metadata": {"name": "c"}}, "web")
+    assert exists.value.reason == "AlreadyExists"
+
+    newer = await kube.replace(CONFIGMAP, made | {"data": {"k": "2"}})
+    assert int(newer["metadata"]["resourceVersion"]) > int(meta["resourceVersion"])
+    with pytest.raises(Conflict) as stale:  # `made` carries the old resourceVersion
+        await kube.replace(CONFIGMAP, made | {"data": {"k": "3"}})
+    assert stale.value.reason == "Conflict"
+
+    patched = await kube.patch(CONFIGMAP, "c", {"data": {"extra": "x"}}, "web")
+    assert patched["data"] == {"k": "2", "extra": "x"}
+    stored = api.get_object("ConfigMap", "web", "c")
+    assert stored is not None
+    assert stored["data"] == {"k": "2", "extra": "x"}
+
+    await kube.delete(CONFIGMAP, "c", "web")
+    assert api.get_object("ConfigMap", "web", "c") is None
+    with pytest.raises(NotFound):
+        await kube.get(CONFIGMAP, "c", "web")
+    with pytest.raises(NotFound):
+        await kube.delete(CONFIGMAP, "c", "web")
+    with pytest.raises(NotFound):
+        await kube.patch(CONFIGMAP, "c", {"data": {}}, "web")
+
+
+async def test_fake_default_namespace_and_cluster_scope(
+    api: FakeApiServer, kube: KubeClient
+) -> None:
+    await kube.create(CONFIGMAP, {"metadata": {"name": "here"}})
+    assert api.get_object("ConfigMap", "default", "here") is not None
+    await kube.create(NAMESPACE, {"metadata": {"name": "team"}})
+    await kube.create(
+        INGRESSCLASS, {"metadata": {"name": "meshgate"}, "spec": {"controller": "m/x"}}
+    )
+    got = await kube.get(INGRESSCLASS, "meshgate")
+    assert got["spec"]["controller"] == "m/x"
+    assert "namespace" not in got["metadata"]
+    namespaces, _ = await kube.list(NAMESPACE)
+    assert "team" in {n["metadata"]["name"] for n in namespaces}
+
+
+async def test_fake_list_selectors_and_resource_version(
+    api: FakeApiServer, kube: KubeClient
+) -> None:
+    for ns, name, app in [("a", "web", "web"), ("b", "web", "web"), ("a", "db", "db")]:
+        api.put(svc_manifest(ns, name, {"app": app}))
+    items, rv = await kube.list(SERVICE, label_selector="app=web")
+    assert [(i["metadata"]["namespace"], i["metadata"]["name"]) for i in items] == [
+        ("a", "web"),
+        ("b", "web"),
+    ]
+    assert rv == api.resource_version
+    only_a, _ = await kube.list(SERVICE, "a", field_selector="metadata.name=db")
+    assert [i["metadata"]["name"] for i in only_a] == ["db"]
+
+
+async def test_fake_server_side_apply_and_status(api: FakeApiServer, kube: KubeClient) -> None:
+    cm = {"metadata": {"name": "applied"}, "data": {"owner": "one"}}
+    await kube.patch(CONFIGMAP, "applied", cm, "web", patch_type="apply", field_manager="one")
+    other = {"metadata": {"name": "applied"}, "data": {"owner": "two"}}
+    with pytest.raises(Conflict):
+        await kube.patch(
+            CONFIGMAP, "applied", other, "web", patch_type="apply", field_manager="two"
+        )
+    taken = await kube.patch(
+        CONFIGMAP, "applied", other, "web", patch_type="apply", field_manager="two", force=True
+    )
+    assert taken["data"] == {"owner": "two"}
+
+    api.put(
+        {
+            "apiVersion": "networking.k8s.io/v1",
+            "kind": "Ingress",
+            "metadata": {"name": "site", "namespace": "web"},
+            "spec": {"defaultBackend": {"service": {"name": "s", "port": {"number": 80}}}},
+        }
+    )
+    lb = {"status": {"loadBalancer": {"ingress": [{"ip": "10.1.2.3"}]}}}
+    await kube.patch(INGRESS, "site", lb, "web", subresource="status")
+    stored = api.get_object("Ingress", "web", "site")
+    assert stored is not None
+    assert stored["status"] == lb["status"]
+
+
+async def test_fake_watch_events_and_410(api: FakeApiServer, kube: KubeClient) -> None:
+    _, rv = await kube.list(SERVICE, "web")
+    api.put(svc_manifest("web", "one", {}))
+    api.delete("Service", "web", "one")
+    events = await collect(kube.watch(SERVICE, "web", resource_version=rv, timeout_seconds=1))
+    # Ended by the server at timeoutSeconds, with a last bookmark.
+    assert [e.type for e in events] == ["ADDED", "DELETED", "BOOKMARK"]
+    assert events[-1].resource_version == api.resource_version
+    assert api.requests[-1].query["allowWatchBookmarks"] == "true"
+
+    api.put(svc_manifest("web", "two", {}))
+    api.compact()
+    with pytest.raises(Gone):
+        await collect(kube.watch(SERVICE, "web", resource_version=rv))
+
+
+async def test_fake_injected_faults(api: FakeApiServer, kube: KubeClient) -> None:
+    api.fail_next(429, retry_after=2)
+    with pytest.raises(Retryable) as throttled:
+        await kube.list(SERVICE)
+    assert (throttled.value.status, throttled.value.retry_after) == (429, 2.0)
+    api.fail_next(503, method="POST")
+    with pytest.raises(Retryable) as unavailable:
+        await kube.create(CONFIGMAP, {"metadata": {"name": "x"}}, "web")
+    assert unavailable.value.status == 503
+    api.fail_next(500)
+    with pytest.raises(Retryable):
+        await collect(kube.watch(SERVICE, resource_version=api.resource_version))
+
+
+async def test_fake_wrong_token_is_forbidden(tmp_path: Path) -> None:
+    with FakeApiServer(token="secret") as api:
+        path = write_kubeconfig(tmp_path / "config", api.url, token="wrong")
+        kube = KubeClient.from_config(str(path))
+        try:
+            with pytest.raises(Forbidden) as caught:
+                await kube.list(SERVICE)
+            assert caught.value.status == 401
+        finally:
+            await kube.close()
+
+
+def svc_manifest(namespace: str, name: str, labels: dict[str, str]) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": name, "namespace": namespace, "labels": labels},
+        "spec": {"ports": [{"port": 80}]},
+    }

@@ -142,6 +142,8 @@ def test_operator_deployment() -> None:
         "operator",
         "--namespace",
         "mesh",
+        "--admin",
+        "0.0.0.0:9901",  # the probes reach it on the pod IP
     ]
     assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
     assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
