@@ -97,3 +97,20 @@ def test_readme_annotation_table_is_the_supported_list() -> None:
     from meshgate.config.annotations import markdown_table
 
     assert markdown_table() in README.read_text()
+
+
+def test_readme_service_annotation_table_is_the_supported_list() -> None:
+    from meshgate.kube.service_annotations import markdown_table
+
+    assert markdown_table() in README.read_text()
+
+
+def test_readme_netmaker_example_is_accepted_as_is() -> None:
+    from meshgate.kube.service_annotations import IngressIntent, parse_service
+
+    text = README.read_text().split("## Kubernetes: the operator", 1)[1]
+    [block] = re.findall(r"```\n(apiVersion: v1\nkind: Service.*?)```", text, re.S)
+    intent = parse_service(yaml.safe_load(block))
+    assert isinstance(intent, IngressIntent)
+    assert intent.dns_name == "my-app.netmaker.internal"
+    assert [(p.protocol, p.port) for p in intent.ports] == [("TCP", 8080)]
