@@ -181,6 +181,7 @@ class Runtime:
             raise StartupError("; ".join(f"listener {f.listener}: {f.error}" for f in failures))
         self.prom.table_version.set(self.version)
         await self._sync_dns()
+        await self._publish()
         admin: AdminServer | None = None
         if self.options.admin is not None:
             admin = AdminServer(*self.options.admin, self)
@@ -278,6 +279,25 @@ class Runtime:
             await self._reload.wait()
             self._reload.clear()
             await self.reload()
+
+    async def _publish(self) -> None:
+        """Tell live sources where we serve (Ingress status for `--watch`)."""
+        addresses = self._public_addresses()
+        for source in self.sources:
+            publish = getattr(source, "publish", None)
+            if callable(publish):
+                await publish(addresses)
+
+    def _public_addresses(self) -> list[str]:
+        """The mesh address; else the addresses HTTP listeners are bound to."""
+        if self.mesh is not None and not self.mesh.fallback:
+            return list(self.mesh.addresses)
+        found = {
+            spec.key.address
+            for spec in self.table.listeners
+            if spec.key.protocol in ("http", "https")
+        }
+        return sorted(a for a in found if not ipaddress.ip_address(a).is_unspecified)
 
     async def _follow_source(self, changed: asyncio.Event) -> None:
         """Reload when a live source says its objects changed."""
@@ -395,6 +415,7 @@ class Runtime:
         self.table = table
         self.current_config = config
         await self._sync_dns()
+        await self._publish()
         error = "; ".join(f"listener {f.listener}: {f.error}" for f in failures) or None
         result = "ok" if not failures else "partial"
         self.last_reload = {"time": time.time(), "result": result, "error": error}
