@@ -309,6 +309,15 @@ def run(
     ingress_class: IngressClass = None,
     http_listen: HttpListen = None,
     https_listen: HttpsListen = None,
+    dns_records: Annotated[
+        str | None,
+        typer.Option(
+            "--dns-records",
+            metavar="FILE",
+            help="More mesh DNS names to answer, as hosts-file lines (IP NAME...); re-read "
+            "when it changes (the operator's DNS records ConfigMap, mounted).",
+        ),
+    ] = None,
     watch: Annotated[
         bool,
         typer.Option(
@@ -356,6 +365,7 @@ def run(
         bind_interface=mesh.bind_interface if mesh else None,
         dns_listen=dns_listen or (mesh.dns_listen if mesh else None),
         dns_zones=mesh.dns_zones if mesh else (),
+        dns_records=dns_records,
     )
 
     async def main() -> None:

@@ -27,7 +27,7 @@ from meshgate.dataplane.dataplane import Dataplane
 from meshgate.errors import ConfigError
 from meshgate.mesh.bindaddr import BIND_WAIT, BindChoice, choose, explicit, fallback_choice
 from meshgate.mesh.dns import DnsServer
-from meshgate.mesh.names import records_for
+from meshgate.mesh.names import parse_hosts, records_for
 from meshgate.mesh.netlink import AddressWatch, NetState, detect, netstate, wait_for
 from meshgate.obs.metrics import Metrics
 from meshgate.routing.compile import compile_table, needs_mesh
@@ -71,6 +71,8 @@ class RuntimeOptions:
     bind_interface: str | None = None  # `--bind IFACE`: only this interface
     dns_listen: str | None = None  # "HOST:PORT", "auto:PORT" (the mesh address), "off"
     dns_zones: tuple[str, ...] = ()  # default: the parent domain of each name
+    # A hosts-format file of more names to answer (the operator's ConfigMap).
+    dns_records: str | None = None
 
 
 def resolve_options(
@@ -99,6 +101,7 @@ class Runtime:
         self.dns: DnsServer | None = None
         self.dns_at: tuple[str, int] | None = None
         self.dns_error: str | None = None
+        self._records_problems: list[str] = []
         self.last_reload: dict[str, Any] = {"time": self.started, "result": "ok", "error": None}
         self.admin_address: str | None = None
         self._stop = asyncio.Event()
@@ -280,6 +283,24 @@ class Runtime:
             self._reload.clear()
             await self.reload()
 
+    def _extra_records(self) -> dict[str, list[str]]:
+        """Names from --dns-records; a missing or bad file adds none (logged)."""
+        path = self.options.dns_records
+        if path is None:
+            return {}
+        try:
+            with open(path) as f:
+                names, problems = parse_hosts(f.read())
+        except OSError as exc:
+            names, problems = {}, [f"cannot read: {exc.strerror or exc}"]
+        if problems != self._records_problems:
+            self._records_problems = problems
+            for problem in problems:
+                log.warning(
+                    "dns records skipped", extra={"fields": {"file": path, "problem": problem}}
+                )
+        return names
+
     async def _publish(self) -> None:
         """Tell live sources where we serve (Ingress status for `--watch`)."""
         addresses = self._public_addresses()
@@ -308,13 +329,20 @@ class Runtime:
 
     async def _watch_certs(self) -> None:
         """Reload when a certificate, key or CA file the table uses changes."""
-        seen = _stamps(cert_files(self.table))
+
+        def watched() -> set[str]:
+            files = cert_files(self.table)
+            if self.options.dns_records is not None:
+                files.add(self.options.dns_records)
+            return files
+
+        seen = _stamps(watched())
         while True:
             await asyncio.sleep(settings.CERT_POLL_INTERVAL)
-            now = _stamps(cert_files(self.table))
+            now = _stamps(watched())
             if now != seen:
                 seen = now
-                log.info("certificate files changed, reloading")
+                log.info("certificate or DNS record files changed, reloading")
                 self._reload.set()
 
     async def reload(self) -> bool:
@@ -355,7 +383,7 @@ class Runtime:
     async def _sync_dns(self) -> None:
         """Start, move, update or stop the mesh DNS responder to match the table."""
         addresses = self.mesh.addresses if self.mesh is not None else ()
-        records = records_for(self.table, addresses, self.options.dns_zones)
+        records = records_for(self.table, addresses, self.options.dns_zones, self._extra_records())
         where = self._dns_address() if records is not None else None
         if records is None or where is None:
             if self.dns is not None:
@@ -471,7 +499,7 @@ class Runtime:
 
     def _dns_json(self) -> dict[str, Any] | None:
         addresses = self.mesh.addresses if self.mesh is not None else ()
-        records = records_for(self.table, addresses, self.options.dns_zones)
+        records = records_for(self.table, addresses, self.options.dns_zones, self._extra_records())
         if records is None:
             return None
         return {

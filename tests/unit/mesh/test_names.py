@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from meshgate.config.rules import rules_to_config
-from meshgate.mesh.names import default_zones, records_for
+from meshgate.mesh.names import default_zones, parse_hosts, records_for
 from meshgate.routing.compile import compile_table
 
 
@@ -45,3 +45,39 @@ def test_default_zone_is_the_parent_domain() -> None:
         "other",
     )
     assert default_zones(["single"]) == ("single",)
+
+
+def test_hosts_lines_give_names_and_bad_lines_are_named() -> None:
+    names, problems = parse_hosts(
+        "# the operator's records\n"
+        "100.64.0.5 app.mesh.internal API.mesh.internal.\n"
+        "fd00::5 app.mesh.internal  # v6 too\n"
+        "300.1.1.1 bad.mesh.internal\n"
+        "100.64.0.9\n"
+    )
+    assert names == {
+        "app.mesh.internal": ["100.64.0.5", "fd00::5"],
+        "api.mesh.internal": ["100.64.0.5"],
+    }
+    assert problems == [
+        "line 4: not an IP address: '300.1.1.1'",
+        "line 5: no name after 100.64.0.9",
+    ]
+
+
+def test_extra_names_are_answered_beside_the_tables() -> None:
+    config = rules_to_config(["tcp:80:web:80"], [], bind="100.64.0.1", dns_name="web.mesh.internal")
+    table = compile_table(config, version=1)
+    records = records_for(table, (), extra={"db.mesh.internal": ["100.64.0.7"]})
+    assert records is not None
+    assert dict(records.names) == {
+        "db.mesh.internal": ("100.64.0.7",),
+        "web.mesh.internal": ("100.64.0.1",),
+    }
+    only_extra = records_for(
+        compile_table(rules_to_config(["tcp:80:web:80"], []), version=1),
+        (),
+        extra={"db.mesh.internal": ["100.64.0.7"]},
+    )
+    assert only_extra is not None
+    assert only_extra.zones == ("mesh.internal",)
