@@ -74,6 +74,12 @@ TERMINATION_GRACE_SECONDS = 40
 
 _CLUSTER_DOMAIN = "cluster.local"
 _STATE_VOLUME = "mesh-state"
+_DNS_VOLUME = "dns-records"
+# The operator's name -> mesh IP records of every proxy, mounted into each
+# ingress proxy so its DNS responder answers for all of them.
+DNS_RECORDS_CONFIGMAP = "meshgate-dns-records"
+DNS_RECORDS_KEY = "hosts"
+DNS_RECORDS_DIR = "/etc/meshgate/dns"
 _TMP_VOLUME = "tmp"
 
 
@@ -478,7 +484,10 @@ def _meshgate(pclass: ProxyClass, args: list[str], port: int) -> dict[str, Any]:
             "readOnlyRootFilesystem": True,
             "capabilities": {"drop": ["ALL"]},
         },
-        "volumeMounts": [{"name": _TMP_VOLUME, "mountPath": "/tmp"}],
+        "volumeMounts": [
+            {"name": _TMP_VOLUME, "mountPath": "/tmp"},
+            {"name": _DNS_VOLUME, "mountPath": DNS_RECORDS_DIR, "readOnly": True},
+        ],
     }
     if pclass.image_pull_policy:
         container["imagePullPolicy"] = pclass.image_pull_policy
@@ -539,6 +548,10 @@ def _deployment(
                 "volumes": [
                     {"name": _STATE_VOLUME, "emptyDir": {}},
                     {"name": _TMP_VOLUME, "emptyDir": {"medium": "Memory", "sizeLimit": "16Mi"}},
+                    {
+                        "name": _DNS_VOLUME,
+                        "configMap": {"name": DNS_RECORDS_CONFIGMAP, "optional": True},
+                    },
                 ],
             },
         },
@@ -580,6 +593,7 @@ def ingress_deployment(
     args += ["--bind", intent.bind]
     if intent.dns_name:
         args += ["--dns-name", intent.dns_name]
+    args += ["--dns-records", f"{DNS_RECORDS_DIR}/{DNS_RECORDS_KEY}"]
     return _deployment(
         svc,
         "ingress",
@@ -784,4 +798,22 @@ def event(
         "source": {"component": OPERATOR_NAME},
         "reportingComponent": "meshgate.io/operator",
         "reportingInstance": OPERATOR_NAME,
+    }
+
+
+def dns_records_configmap(records: Mapping[str, Sequence[str]], namespace: str) -> dict[str, Any]:
+    """The ConfigMap of every proxy's mesh DNS name and addresses, as hosts
+    lines (what `meshgate run --dns-records` reads), sorted for stable diffs."""
+    lines = [
+        f"{address} {name}" for name in sorted(records) for address in sorted(records[name])
+    ]
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {
+            "name": DNS_RECORDS_CONFIGMAP,
+            "namespace": namespace,
+            "labels": {MANAGED_BY_LABEL: OPERATOR_NAME},
+        },
+        "data": {DNS_RECORDS_KEY: "".join(line + "\n" for line in lines)},
     }

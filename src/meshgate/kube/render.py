@@ -62,7 +62,8 @@ OPERATOR_CLUSTER_RULES: tuple[Rule, ...] = (
 OPERATOR_NAMESPACE_RULES: tuple[Rule, ...] = (
     _rule("apps", ["deployments"], _ALL_VERBS),
     _rule("", ["pods"], _READ),
-    _rule("", ["configmaps"], _READ),
+    # Proxy classes are read; the DNS records ConfigMap is written.
+    _rule("", ["configmaps"], [*_READ, "create", "patch", "update"]),
     _rule("", ["secrets"], ["get"]),
     _rule("coordination.k8s.io", ["leases"], ["get", "create", "update"]),
 )

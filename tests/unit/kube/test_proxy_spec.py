@@ -21,6 +21,7 @@ from meshgate.kube.proxy_spec import (
     SPEC_HASH_ANNOTATION,
     ProxyClass,
     admin_port,
+    dns_records_configmap,
     egress_deployment,
     egress_endpointslice,
     event,
@@ -189,12 +190,28 @@ def test_guide_example_ingress_deployment() -> None:
         "auto",
         "--dns-name",
         "app.netmaker.internal",
+        # Every proxy's name, from the operator's ConfigMap (mounted, optional).
+        "--dns-records",
+        "/etc/meshgate/dns/hosts",
         "--admin",
         "0.0.0.0:9901",
         "--log-format",
         "json",
     ]
     assert_runnable(arguments)
+    pod = deployment["spec"]["template"]["spec"]
+    [volume] = [v for v in pod["volumes"] if v["name"] == "dns-records"]
+    assert volume["configMap"] == {"name": "meshgate-dns-records", "optional": True}
+
+
+def test_dns_records_configmap_is_hosts_lines() -> None:
+    cm = dns_records_configmap({"b.mesh": ["100.64.0.9"], "a.mesh": ["100.64.0.5", "fd00::5"]}, NS)
+    assert cm["data"]["hosts"] == "100.64.0.5 a.mesh\nfd00::5 a.mesh\n100.64.0.9 b.mesh\n"
+    assert cm["metadata"] == {
+        "name": "meshgate-dns-records",
+        "namespace": NS,
+        "labels": {"app.kubernetes.io/managed-by": "meshgate-operator"},
+    }
 
 
 def test_mesh_client_gets_the_token_by_reference_only() -> None:
