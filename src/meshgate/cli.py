@@ -595,6 +595,16 @@ def operator(
             help="Admin server: /healthz, /readyz (informers synced), /status, /metrics.",
         ),
     ] = "127.0.0.1:9901",
+    takeover: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--kubernetes-endpoint-takeover",
+            metavar="IP:PORT",
+            help="Point the default/kubernetes EndpointSlices at this meshgate listener "
+            "(a TLS listener re-originating to the tenant API server with its SNI) and keep "
+            "them there; repeat for IPv4 and IPv6.",
+        ),
+    ] = None,
     log_format: Annotated[
         mlog.LogFormat, typer.Option("--log-format", help="Log lines as json or text.")
     ] = "text",
@@ -603,6 +613,13 @@ def operator(
     ] = "info",
 ) -> None:
     """Reconcile Services annotated for the mesh into proxy Deployments, live."""
+    from meshgate.kube.takeover import EndpointTakeover, parse_targets
+
+    try:
+        targets = parse_targets(takeover or [])
+    except ValueError as exc:
+        Console(stderr=True).print(f"meshgate: --kubernetes-endpoint-takeover: {exc}", markup=False)
+        raise typer.Exit(2) from None
     import signal
     import socket
 
@@ -631,6 +648,10 @@ def operator(
             await server.start()
         loop = asyncio.get_running_loop()
         task = aio.spawn(op.run(), name="operator")
+        if targets:
+            keeper = EndpointTakeover(client, targets, lambda: op.elector.leading)
+            side = aio.spawn(keeper.run(), name="kubernetes endpoint takeover")
+            task.add_done_callback(lambda _: side.cancel())
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, task.cancel)
         try:
