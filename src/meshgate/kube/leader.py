@@ -68,16 +68,23 @@ class LeaderElector:
         loop = asyncio.get_running_loop()
         try:
             while True:
+                # A leader's deadline holds even while a request hangs (a
+                # black-holed connection takes the request timeout to fail).
+                deadline = self._renewed + self.lease_duration if self.leading else None
                 try:
-                    await self.try_once()
-                except KubeError as exc:
+                    async with asyncio.timeout_at(deadline):
+                        await self.try_once()
+                except (KubeError, TimeoutError) as exc:
                     log.warning(
                         "lease update failed",
-                        extra={"fields": {"lease": self.name, "error": str(exc)}},
+                        extra={"fields": {"lease": self.name, "error": str(exc) or "timeout"}},
                     )
-                if self.leading and loop.time() - self._renewed > self.lease_duration:
+                if self.leading and loop.time() - self._renewed >= self.lease_duration:
                     self._set(False)  # could not renew in time: someone else may lead now
-                await asyncio.sleep(self.renew_every)
+                pause = self.renew_every
+                if self.leading:  # wake up for the deadline, should this renewal have failed
+                    pause = min(pause, max(0.0, self._renewed + self.lease_duration - loop.time()))
+                await asyncio.sleep(pause)
         finally:
             if self.leading:
                 await self._release()

@@ -21,6 +21,9 @@ For each Service `kube/service_annotations.parse_service` accepts:
 A rejected Service (bad annotation, ingress and egress at once, missing mesh
 token Secret) gets a Warning Event explaining why, once per distinct
 reason, a `MeshProxyReady=False` condition, and no proxy: nothing crash-loops.
+Secrets are not watched (the operator may only get them): a missing one is
+looked for every `SECRET_POLL` seconds. A Service that no longer asks for a
+proxy loses the condition and the `meshgate.io/mesh-ip` annotation.
 """
 
 from __future__ import annotations
@@ -42,12 +45,14 @@ from meshgate.kube.client import (
     POD,
     SECRET,
     SERVICE,
+    Conflict,
     KubeClient,
     KubeError,
     NotFound,
 )
 from meshgate.kube.leader import LeaderElector
 from meshgate.kube.proxy_spec import (
+    READY_CONDITION,
     ProxyClass,
     egress_deployment,
     egress_endpointslice,
@@ -70,10 +75,15 @@ SVC_NAME = "meshgate.io/service-name"
 MESH_IP = "meshgate.io/mesh-ip"
 DEFAULT_CLASS = "meshgate-proxy-class"
 SETTLE = 0.2
+SECRET_POLL = 2.0  # seconds between looks for a missing mesh token Secret
 
 
 def _now() -> str:
     return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _uid(obj: dict[str, Any]) -> str:
+    return str((obj.get("metadata") or {}).get("uid") or "")
 
 
 def _key(obj: dict[str, Any]) -> tuple[str, str]:
@@ -114,8 +124,13 @@ class Operator:
         self.reconciles = 0
         self.errors = 0
         self._kicked = asyncio.Event()
-        self._reported: dict[tuple[str, str], str] = {}  # last rejection per Service
-        self._status: dict[tuple[str, str], tuple[tuple[str, ...], bool, str]] = {}
+        # What was last written per Service, by uid: a Service deleted and
+        # created again under its name is a new one, to be told again.
+        self._reported: dict[tuple[str, str], tuple[str, str]] = {}  # (uid, rejection)
+        self._status: dict[tuple[str, str], tuple[str, tuple[str, ...], bool, str]] = {}
+        # The mesh token Secrets Services wait for; nothing watches Secrets
+        # (the operator may only get them), so they are polled.
+        self._missing_secrets: set[str] = set()
         self.registry = CollectorRegistry()
         self._gauges = {
             name: Gauge(f"meshgate_operator_{name}", text, registry=self.registry)
@@ -135,6 +150,7 @@ class Operator:
     async def run(self) -> None:
         tasks = [aio.spawn(i.run(), name=f"watch {i.kind.plural}") for i in self.informers]
         tasks.append(aio.spawn(self.elector.run(), name="leader election"))
+        tasks.append(aio.spawn(self._poll_secrets(), name="missing secrets"))
         try:
             await asyncio.gather(*(i.synced.wait() for i in self.informers))
             self.kick()
@@ -154,14 +170,32 @@ class Operator:
         finally:
             await aio.cancel_and_wait(tasks)
 
+    async def _poll_secrets(self) -> None:
+        """Reconcile again once a Secret some Service waits for exists."""
+        while True:
+            await asyncio.sleep(SECRET_POLL)
+            if not self.elector.leading:
+                continue
+            for name in sorted(self._missing_secrets):
+                try:
+                    await self.client.get(SECRET, name, self.namespace)
+                except KubeError:
+                    continue  # still missing (or unreachable): next round
+                self.kick()
+                break
+
     # -- the whole reconcile ---------------------------------------------------
     async def reconcile(self) -> None:
         self.reconciles += 1
         desired: dict[str, tuple[dict[str, Any], dict[str, Any], IngressIntent | EgressIntent]] = {}
+        ours: set[tuple[str, str]] = set()
+        self._missing_secrets = set()
         for svc in self.services.store.items():
             intent = parse_service(svc)
             if intent is None:
+                await self._forget(svc)
                 continue
+            ours.add(_key(svc))
             if isinstance(intent, Rejection):
                 await self._reject(svc, f"{intent.field}: {intent.reason}")
                 continue
@@ -173,8 +207,14 @@ class Operator:
         for name, (svc, deployment, intent) in desired.items():
             current = existing.get(name)
             if current is None:
-                await self.client.create(DEPLOYMENT, deployment, self.namespace)
-                await self._event(svc, "ProxyCreated", f"proxy Deployment {name} created")
+                try:
+                    await self.client.create(DEPLOYMENT, deployment, self.namespace)
+                except Conflict:  # made already, not yet in the store (a watch lags)
+                    await self.client.patch(
+                        DEPLOYMENT, name, deployment, self.namespace, patch_type="apply", force=True
+                    )
+                else:
+                    await self._event(svc, "ProxyCreated", f"proxy Deployment {name} created")
             elif _annotations(current).get(HASH) != _annotations(deployment).get(HASH):
                 await self.client.patch(
                     DEPLOYMENT, name, deployment, self.namespace, patch_type="apply", force=True
@@ -185,6 +225,9 @@ class Operator:
             if name not in desired:
                 await self._remove(current)
         await self._collect_slices(desired)
+        for key in (self._reported.keys() | self._status.keys()) - ours:
+            self._reported.pop(key, None)  # gone, or no longer asks for a proxy
+            self._status.pop(key, None)
 
     async def _deployment_for(
         self, svc: dict[str, Any], intent: IngressIntent | EgressIntent
@@ -196,6 +239,7 @@ class Operator:
         try:
             await self.client.get(SECRET, intent.secret_name, self.namespace)
         except NotFound:
+            self._missing_secrets.add(intent.secret_name)
             await self._reject(
                 svc,
                 f"the mesh token Secret {self.namespace}/{intent.secret_name} does not exist "
@@ -250,23 +294,22 @@ class Operator:
             else f"waiting for proxy {deployment}"
         )
         key = _key(svc)
-        self._reported.pop(key, None)
-        if self._status.get(key) == (ips, ready, message):
-            return
         ns, name = key
-        await self.client.patch(
-            SERVICE, name, service_status_patch(svc, list(ips), ready, message), ns,
-            subresource="status",
-        )  # fmt: skip
+        self._reported.pop(key, None)
+        state = (_uid(svc), ips, ready, message)
+        if self._status.get(key) != state:
+            await self.client.patch(
+                SERVICE, name, service_status_patch(svc, list(ips), ready, message), ns,
+                subresource="status",
+            )  # fmt: skip
+            self._status[key] = state
         if ips and _annotations(svc).get(MESH_IP) != ",".join(ips):
             await self.client.patch(SERVICE, name, mesh_ip_annotation_patch(list(ips)), ns)
-        self._status[key] = (ips, ready, message)
 
     async def _reject(self, svc: dict[str, Any], reason: str) -> None:
         key = _key(svc)
-        if self._reported.get(key) == reason:
+        if self._reported.get(key) == (_uid(svc), reason):
             return  # explained already; do not flood Events
-        self._reported[key] = reason
         self._status.pop(key, None)
         ns, name = key
         log.warning(
@@ -276,13 +319,36 @@ class Operator:
         await self.client.patch(
             SERVICE, name, service_status_patch(svc, [], False, reason), ns, subresource="status"
         )
+        self._reported[key] = (_uid(svc), reason)  # once the status says so
+
+    async def _forget(self, svc: dict[str, Any]) -> None:
+        """A Service that no longer asks for a proxy loses what was written on it
+        (its proxy is gone: it must not still read ready at a mesh address)."""
+        ns, name = _key(svc)
+        conditions = (svc.get("status") or {}).get("conditions") or []
+        if any(c.get("type") == READY_CONDITION for c in conditions):
+            kept = [c for c in conditions if c.get("type") != READY_CONDITION]
+            await self.client.patch(
+                SERVICE, name, {"status": {"conditions": kept}}, ns, subresource="status"
+            )
+        if MESH_IP in _annotations(svc):
+            await self.client.patch(SERVICE, name, mesh_ip_annotation_patch([]), ns)
 
     async def _event(
         self, svc: dict[str, Any], reason: str, message: str, type_: str = "Normal"
     ) -> None:
         ns = _key(svc)[0]
+        body = event(svc, reason, message, type_, _now())
         try:
-            await self.client.create(EVENT, event(svc, reason, message, type_, _now()), ns)
+            try:
+                await self.client.create(EVENT, body, ns)
+            except Conflict:  # the same Event again: count it (patch is all RBAC allows)
+                name = body["metadata"]["name"]
+                seen = await self.client.patch(
+                    EVENT, name, {"lastTimestamp": body["lastTimestamp"]}, ns
+                )
+                count = int(seen.get("count") or 1) + 1
+                await self.client.patch(EVENT, name, {"count": count}, ns)
         except KubeError as exc:  # an Event is worth a try, not a failed reconcile
             log.info("event not recorded", extra={"fields": {"error": str(exc)}})
 
@@ -321,7 +387,12 @@ class Operator:
         for key, piece in wanted.items():
             current = existing.get(key)
             if current is None:
-                await self.client.create(ENDPOINTSLICE, piece, key[0])
+                try:
+                    await self.client.create(ENDPOINTSLICE, piece, key[0])
+                except Conflict:  # made already, not yet in the store
+                    await self.client.patch(
+                        ENDPOINTSLICE, key[1], piece, key[0], patch_type="apply", force=True
+                    )
             elif current.get("endpoints") != piece.get("endpoints") or current.get(
                 "ports"
             ) != piece.get("ports"):
@@ -357,7 +428,7 @@ class Operator:
                 }
                 for d in self.deployments.store.items()
             ],
-            "rejected": {f"{ns}/{name}": why for (ns, name), why in self._reported.items()},
+            "rejected": {f"{ns}/{name}": why for (ns, name), (_, why) in self._reported.items()},
         }
 
     def config(self) -> dict[str, Any]:

@@ -804,9 +804,7 @@ def event(
 def dns_records_configmap(records: Mapping[str, Sequence[str]], namespace: str) -> dict[str, Any]:
     """The ConfigMap of every proxy's mesh DNS name and addresses, as hosts
     lines (what `meshgate run --dns-records` reads), sorted for stable diffs."""
-    lines = [
-        f"{address} {name}" for name in sorted(records) for address in sorted(records[name])
-    ]
+    lines = [f"{address} {name}" for name in sorted(records) for address in sorted(records[name])]
     return {
         "apiVersion": "v1",
         "kind": "ConfigMap",

@@ -27,6 +27,7 @@ from meshgate.kube.client import (
     Kind,
     KubeClient,
 )
+from meshgate.kube.ingress_status import publish as publish_ingress_status
 from meshgate.kube.watch import Informer
 
 KINDS = (INGRESSCLASS, INGRESS, SERVICE, ENDPOINTSLICE, SECRET)
@@ -112,3 +113,8 @@ class KubeWatchSource:
         translation = translate(self.objects(), self.options)
         self.problems, self.notes = translation.problems, translation.notes
         return translation.config
+
+    async def publish(self, addresses: list[str]) -> None:
+        """Write where we serve into the status of the Ingresses of our class."""
+        ingresses = self.informers[INGRESS].store.items()
+        await publish_ingress_status(self.client, ingresses, self.options.ingress_class, addresses)
