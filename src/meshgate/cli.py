@@ -595,6 +595,16 @@ def operator(
             help="Admin server: /healthz, /readyz (informers synced), /status, /metrics.",
         ),
     ] = "127.0.0.1:9901",
+    lease_duration: Annotated[
+        float,
+        typer.Option(
+            "--lease-duration",
+            metavar="SECONDS",
+            min=2.0,
+            help="Leader election: a replica takes over when the leader has not renewed "
+            "for this long (renewed every third of it).",
+        ),
+    ] = 15.0,
     takeover: Annotated[
         list[str] | None,
         typer.Option(
@@ -642,7 +652,7 @@ def operator(
     who = identity or os.environ.get("POD_NAME") or socket.gethostname()
 
     async def main() -> None:
-        op = Operator(client, ns, who)
+        op = Operator(client, ns, who, lease_duration=lease_duration)
         server = AdminServer(*admin_addr, op) if admin_addr is not None else None
         if server is not None:
             await server.start()

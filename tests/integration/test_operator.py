@@ -579,6 +579,23 @@ def test_ready_proxy_reports_its_mesh_address_to_the_service(cluster: Cluster) -
     )
 
 
+def test_dns_names_of_ready_proxies_go_to_the_records_configmap(cluster: Cluster) -> None:
+    api, ns = cluster.api, "dns"
+    names = {**ENABLED, "meshgate.io/ingress-dns-name": "db.mesh.internal"}
+    api.put(service(ns, "db", names, [port(5432, "pg")]))
+    d = wait_deployment(api, ns, "db")
+    assert pairs(args(d), "--dns-records") == ["/etc/meshgate/dns/hosts"]
+
+    def hosts() -> str:
+        cm = api.get_object("ConfigMap", OP_NS, "meshgate-dns-records")
+        return str((cm or {}).get("data", {}).get("hosts", ""))
+
+    api.put(proxy_pod(d, "10.244.0.9", "100.64.0.9"))
+    wait_for(lambda: "100.64.0.9 db.mesh.internal\n" in hosts(), "the DNS record")
+    api.delete("Service", ns, "db")
+    wait_for(lambda: "db.mesh.internal" not in hosts(), "the DNS record to go")
+
+
 def test_egress_service_is_pointed_at_its_ready_proxy_pods(cluster: Cluster) -> None:
     api, ns = cluster.api, "egress"
     api.put(

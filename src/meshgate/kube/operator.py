@@ -52,8 +52,10 @@ from meshgate.kube.client import (
 )
 from meshgate.kube.leader import LeaderElector
 from meshgate.kube.proxy_spec import (
+    DNS_RECORDS_CONFIGMAP,
     READY_CONDITION,
     ProxyClass,
+    dns_records_configmap,
     egress_deployment,
     egress_endpointslice,
     event,
@@ -99,6 +101,20 @@ def _annotations(obj: dict[str, Any]) -> dict[str, str]:
     return dict((obj.get("metadata") or {}).get("annotations") or {})
 
 
+def _mesh_ips(pods: list[dict[str, Any]]) -> tuple[str, ...]:
+    """The mesh addresses ready proxy Pods report (their own annotation)."""
+    return tuple(
+        sorted(
+            {
+                ip.strip()
+                for pod in pods
+                for ip in (_annotations(pod).get(MESH_IP) or "").split(",")
+                if ip.strip()
+            }
+        )
+    )
+
+
 def _ready(pod: dict[str, Any]) -> bool:
     for cond in (pod.get("status") or {}).get("conditions") or []:
         if cond.get("type") == "Ready":
@@ -107,7 +123,9 @@ def _ready(pod: dict[str, Any]) -> bool:
 
 
 class Operator:
-    def __init__(self, client: KubeClient, namespace: str, identity: str) -> None:
+    def __init__(
+        self, client: KubeClient, namespace: str, identity: str, *, lease_duration: float = 15.0
+    ) -> None:
         self.client = client
         self.namespace = namespace
         self.services = Informer(client, SERVICE, None, on_change=self.kick)
@@ -120,7 +138,14 @@ class Operator:
             client, ENDPOINTSLICE, None, label_selector=MANAGED, on_change=self.kick
         )
         self.informers = [self.services, self.deployments, self.pods, self.configmaps, self.slices]
-        self.elector = LeaderElector(client, namespace, identity, on_change=lambda _: self.kick())
+        self.elector = LeaderElector(
+            client,
+            namespace,
+            identity,
+            lease_duration=lease_duration,
+            renew_every=lease_duration / 3,
+            on_change=lambda _: self.kick(),
+        )
         self.reconciles = 0
         self.errors = 0
         self._kicked = asyncio.Event()
@@ -225,9 +250,36 @@ class Operator:
             if name not in desired:
                 await self._remove(current)
         await self._collect_slices(desired)
+        await self._sync_dns_records(desired)
         for key in (self._reported.keys() | self._status.keys()) - ours:
             self._reported.pop(key, None)  # gone, or no longer asks for a proxy
             self._status.pop(key, None)
+
+    async def _sync_dns_records(
+        self,
+        desired: dict[str, tuple[dict[str, Any], dict[str, Any], IngressIntent | EgressIntent]],
+    ) -> None:
+        """Every ready ingress proxy's DNS name and mesh IPs, in the ConfigMap
+        all ingress proxies mount: each answers for all of them."""
+        records: dict[str, list[str]] = {}
+        for svc, _, intent in desired.values():
+            if isinstance(intent, IngressIntent) and intent.dns_name:
+                ips = _mesh_ips([p for p in self._proxy_pods(svc) if _ready(p)])
+                if ips:
+                    records.setdefault(intent.dns_name, []).extend(ips)
+        wanted = dns_records_configmap(records, self.namespace)
+        current = self.configmaps.store.get(self.namespace, DNS_RECORDS_CONFIGMAP)
+        if current is not None and current.get("data") == wanted["data"]:
+            return
+        if current is None:
+            try:
+                await self.client.create(CONFIGMAP, wanted, self.namespace)
+                return
+            except Conflict:
+                pass  # made already, not yet in the store: apply below
+        await self.client.patch(
+            CONFIGMAP, DNS_RECORDS_CONFIGMAP, wanted, self.namespace, patch_type="apply", force=True
+        )
 
     async def _deployment_for(
         self, svc: dict[str, Any], intent: IngressIntent | EgressIntent
@@ -277,16 +329,7 @@ class Operator:
         self, svc: dict[str, Any], deployment: str, intent: IngressIntent | EgressIntent
     ) -> None:
         pods = [p for p in self._proxy_pods(svc) if _ready(p)]
-        ips = tuple(
-            sorted(
-                {
-                    ip.strip()
-                    for pod in pods
-                    for ip in (_annotations(pod).get(MESH_IP) or "").split(",")
-                    if ip.strip()
-                }
-            )
-        )
+        ips = _mesh_ips(pods)
         ready = bool(pods) and (bool(ips) or isinstance(intent, EgressIntent))
         message = (
             f"proxy {deployment} ready" + (f" at {', '.join(ips)}" if ips else "")
