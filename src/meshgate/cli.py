@@ -23,6 +23,7 @@ from meshgate.admin import AdminServer, parse_listen
 from meshgate.config.manifests import IngressOptions
 from meshgate.config.model import AUTO, Config, check_listen
 from meshgate.errors import ConfigError
+from meshgate.kube.pod_report import PodReporter
 from meshgate.mesh.bindaddr import BIND_WAIT
 from meshgate.mesh.dns import DnsRecords, coredns_stanza, hosts_lines
 from meshgate.obs import logging as mlog
@@ -223,6 +224,20 @@ def _watch_source(
     return KubeWatchSource(client, options, namespace)
 
 
+def _pod_reporter(kubeconfig: str | None) -> PodReporter | None:
+    """In a Pod (POD_NAME/POD_NAMESPACE from the downward API), report the mesh
+    address into the Pod's annotation for the operator."""
+    from meshgate.kube.client import KubeError
+    from meshgate.kube.pod_report import PodReporter
+
+    try:
+        return PodReporter.from_environment(kubeconfig)
+    except (KubeError, OSError, ValueError) as exc:
+        log_setup_warning = f"meshgate: not reporting the mesh address to the pod: {exc}"
+        Console(stderr=True).print(log_setup_warning, markup=False)
+        return None
+
+
 def _manifest_sources(
     manifests: list[str] | None,
     bind: str,
@@ -368,15 +383,20 @@ def run(
         dns_records=dns_records,
     )
 
+    reporter = _pod_reporter(kubeconfig)
+
     async def main() -> None:
         for source in live:
             await source.start()
         try:
             current = _load_or_exit([*sources, *live]) if live else cfg
-            await Runtime([*sources, *live], current, options).serve()
+            publishers = [reporter] if reporter is not None else []
+            await Runtime([*sources, *live], current, options, publishers).serve()
         finally:
             for source in live:
                 await source.stop()
+            if reporter is not None:
+                await reporter.close()
 
     try:
         uvloop.run(main())

@@ -17,7 +17,7 @@ import signal
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from meshgate import aio, settings
 from meshgate.admin import AdminServer
@@ -62,6 +62,12 @@ class StartupError(Exception):
     """The process could not start serving (a listener or the admin server failed to bind)."""
 
 
+class Publisher(Protocol):
+    """Something told the addresses meshgate serves on, after every apply."""
+
+    async def publish(self, addresses: Sequence[str]) -> None: ...
+
+
 @dataclass(frozen=True, slots=True)
 class RuntimeOptions:
     admin: tuple[str, int] | None  # None: no admin server
@@ -86,9 +92,15 @@ def resolve_options(
 
 class Runtime:
     def __init__(
-        self, sources: Sequence[ConfigSource], config: Config, options: RuntimeOptions
+        self,
+        sources: Sequence[ConfigSource],
+        config: Config,
+        options: RuntimeOptions,
+        publishers: Sequence[Publisher] = (),
     ) -> None:
         self.sources = tuple(sources)
+        # Told where we serve after each apply (a proxy Pod's own annotation).
+        self.publishers = tuple(publishers)
         self.prom = Metrics()
         self.dataplane = Dataplane(self.prom, options.drain_timeout)
         self.options = options
@@ -308,16 +320,14 @@ class Runtime:
             publish = getattr(source, "publish", None)
             if callable(publish):
                 await publish(addresses)
+        for publisher in self.publishers:
+            await publisher.publish(addresses)
 
     def _public_addresses(self) -> list[str]:
-        """The mesh address; else the addresses HTTP listeners are bound to."""
+        """The mesh address; else the addresses the listeners are bound to."""
         if self.mesh is not None and not self.mesh.fallback:
             return list(self.mesh.addresses)
-        found = {
-            spec.key.address
-            for spec in self.table.listeners
-            if spec.key.protocol in ("http", "https")
-        }
+        found = {spec.key.address for spec in self.table.listeners}
         return sorted(a for a in found if not ipaddress.ip_address(a).is_unspecified)
 
     async def _follow_source(self, changed: asyncio.Event) -> None:
