@@ -97,6 +97,20 @@ def test_ingress_is_served_and_follows_its_endpointslice(watched: Watched) -> No
     assert w.mg.proc.pid == pid  # no restart: a reload
 
 
+def test_served_ingress_gets_the_address_in_its_status(watched: Watched) -> None:
+    # What external-dns and cert-manager read: where the Ingress is served.
+    w = watched
+    w.put_app("published", "published.example", w.one)
+    w.put_app("other", "other.example", w.one, cls="nginx")
+
+    def lb(name: str) -> list[dict[str, str]]:
+        obj = w.api.get_object("Ingress", NS, name) or {}
+        return list(((obj.get("status") or {}).get("loadBalancer") or {}).get("ingress") or [])
+
+    wait_for(lambda: lb("published") == [{"ip": "127.0.0.1"}], "the Ingress status")
+    assert lb("other") == []  # not ours: left alone
+
+
 def test_deleted_ingress_answers_404(watched: Watched) -> None:
     w = watched
     w.put_app("gone", "gone.example", w.one)
