@@ -23,6 +23,7 @@ from meshgate.admin import AdminServer, parse_listen
 from meshgate.config.manifests import IngressOptions
 from meshgate.config.model import AUTO, Config, check_listen
 from meshgate.errors import ConfigError
+from meshgate.kube.client import KubeClient, KubeError
 from meshgate.kube.pod_report import PodReporter
 from meshgate.mesh.bindaddr import BIND_WAIT
 from meshgate.mesh.dns import DnsRecords, coredns_stanza, hosts_lines
@@ -214,27 +215,26 @@ Kubeconfig = Annotated[
 def _watch_source(
     kubeconfig: str | None, options: IngressOptions, namespace: str | None
 ) -> KubeWatchSource:
-    from meshgate.kube.client import KubeClient, KubeError
+    return KubeWatchSource(_kube_client(kubeconfig), options, namespace)
 
+
+def _kube_client(kubeconfig: str | None) -> KubeClient:
+    """The Kubernetes client, or exit 2 saying why there is none."""
     try:
-        client = KubeClient.from_config(kubeconfig)
+        return KubeClient.from_config(kubeconfig)
     except (KubeError, OSError, ValueError) as exc:
         Console(stderr=True).print(f"meshgate: cannot use Kubernetes: {exc}", markup=False)
         raise typer.Exit(2) from None
-    return KubeWatchSource(client, options, namespace)
 
 
 def _pod_reporter(kubeconfig: str | None) -> PodReporter | None:
     """In a Pod (POD_NAME/POD_NAMESPACE from the downward API), report the mesh
     address into the Pod's annotation for the operator."""
-    from meshgate.kube.client import KubeError
-    from meshgate.kube.pod_report import PodReporter
-
     try:
         return PodReporter.from_environment(kubeconfig)
     except (KubeError, OSError, ValueError) as exc:
-        log_setup_warning = f"meshgate: not reporting the mesh address to the pod: {exc}"
-        Console(stderr=True).print(log_setup_warning, markup=False)
+        warning = f"meshgate: not reporting the mesh address to the pod: {exc}"
+        Console(stderr=True).print(warning, markup=False)
         return None
 
 
@@ -653,15 +653,10 @@ def operator(
     import signal
     import socket
 
-    from meshgate.kube.client import KubeClient, KubeError
     from meshgate.kube.operator import Operator
 
     mlog.setup(log_format, log_level)
-    try:
-        client = KubeClient.from_config(kubeconfig)
-    except (KubeError, OSError, ValueError) as exc:
-        Console(stderr=True).print(f"meshgate: cannot use Kubernetes: {exc}", markup=False)
-        raise typer.Exit(2) from None
+    client = _kube_client(kubeconfig)
     ns = _operator_namespace(namespace)
 
     try:

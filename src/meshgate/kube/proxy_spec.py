@@ -450,40 +450,50 @@ def _mesh_client(pclass: ProxyClass, secret_name: str, secret_key: str) -> dict[
     return container
 
 
-def _meshgate(pclass: ProxyClass, args: list[str], port: int) -> dict[str, Any]:
-    def probe(path: str, period: int, failures: int) -> dict[str, Any]:
-        return {
-            "httpGet": {"path": path, "port": "admin"},
-            "periodSeconds": period,
-            "failureThreshold": failures,
-            "timeoutSeconds": 2,
-        }
+def admin_probe(path: str, period: int, failures: int) -> dict[str, Any]:
+    """An HTTP probe on meshgate's admin port (named `admin`)."""
+    return {
+        "httpGet": {"path": path, "port": "admin"},
+        "periodSeconds": period,
+        "failureThreshold": failures,
+        "timeoutSeconds": 2,
+    }
 
+
+def pod_identity_env() -> list[dict[str, Any]]:
+    """POD_NAME and POD_NAMESPACE from the downward API: a proxy patches its
+    own Pod with them, the operator uses them as its Lease identity."""
+    return [
+        {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+        {"name": "POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
+    ]
+
+
+def meshgate_security_context() -> dict[str, Any]:
+    """meshgate runs non-root, read-only, without capabilities."""
+    return {
+        "runAsNonRoot": True,
+        "runAsUser": MESHGATE_UID,
+        "runAsGroup": MESHGATE_UID,
+        "allowPrivilegeEscalation": False,
+        "readOnlyRootFilesystem": True,
+        "capabilities": {"drop": ["ALL"]},
+    }
+
+
+def _meshgate(pclass: ProxyClass, args: list[str], port: int) -> dict[str, Any]:
     container: dict[str, Any] = {
         "name": MESHGATE_CONTAINER,
         "image": pclass.meshgate_image,
         "command": ["meshgate"],
         "args": [*args, "--admin", f"0.0.0.0:{port}", "--log-format", "json"],
-        "env": [
-            {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
-            {
-                "name": "POD_NAMESPACE",
-                "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}},
-            },
-        ],
+        "env": pod_identity_env(),
         "ports": [{"name": "admin", "containerPort": port, "protocol": "TCP"}],
         # The mesh may take a while to come up (--bind-wait): allow 5 minutes.
-        "startupProbe": probe("/healthz", 5, 60),
-        "livenessProbe": probe("/healthz", 10, 3),
-        "readinessProbe": probe("/readyz", 5, 2),
-        "securityContext": {
-            "runAsNonRoot": True,
-            "runAsUser": MESHGATE_UID,
-            "runAsGroup": MESHGATE_UID,
-            "allowPrivilegeEscalation": False,
-            "readOnlyRootFilesystem": True,
-            "capabilities": {"drop": ["ALL"]},
-        },
+        "startupProbe": admin_probe("/healthz", 5, 60),
+        "livenessProbe": admin_probe("/healthz", 10, 3),
+        "readinessProbe": admin_probe("/readyz", 5, 2),
+        "securityContext": meshgate_security_context(),
         "volumeMounts": [
             {"name": _TMP_VOLUME, "mountPath": "/tmp"},
             {"name": _DNS_VOLUME, "mountPath": DNS_RECORDS_DIR, "readOnly": True},

@@ -23,11 +23,13 @@ import yaml
 from meshgate.kube.proxy_spec import (
     ADMIN_PORT,
     DEFAULT_MESHGATE_IMAGE,
-    MESHGATE_UID,
     NAME_LABEL,
     OPERATOR_NAME,
     PROXY_SERVICE_ACCOUNT,
     ProxyClass,
+    admin_probe,
+    meshgate_security_context,
+    pod_identity_env,
     proxy_class_configmap_name,
 )
 
@@ -140,42 +142,20 @@ def default_proxy_class_configmap(namespace: str, meshgate_image: str) -> dict[s
 def _operator_deployment(namespace: str, image: str) -> dict[str, Any]:
     selector = {NAME_LABEL: OPERATOR_NAME}
 
-    def probe(path: str, period: int, failures: int) -> dict[str, Any]:
-        return {
-            "httpGet": {"path": path, "port": "admin"},
-            "periodSeconds": period,
-            "failureThreshold": failures,
-            "timeoutSeconds": 2,
-        }
-
     container = {
         "name": "operator",
         "image": image,
         "command": ["meshgate"],
         "args": ["operator", "--namespace", namespace, "--admin", f"0.0.0.0:{ADMIN_PORT}"],
-        "env": [
-            # The Lease holder identity, and where the operator runs.
-            {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
-            {
-                "name": "POD_NAMESPACE",
-                "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}},
-            },
-        ],
+        "env": pod_identity_env(),  # the Lease holder identity, and where it runs
         "ports": [{"name": "admin", "containerPort": ADMIN_PORT, "protocol": "TCP"}],
-        "livenessProbe": probe("/healthz", 10, 3),
-        "readinessProbe": probe("/readyz", 5, 2),
+        "livenessProbe": admin_probe("/healthz", 10, 3),
+        "readinessProbe": admin_probe("/readyz", 5, 2),
         "resources": {
             "requests": {"cpu": "50m", "memory": "64Mi"},
             "limits": {"memory": "256Mi"},
         },
-        "securityContext": {
-            "runAsNonRoot": True,
-            "runAsUser": MESHGATE_UID,
-            "runAsGroup": MESHGATE_UID,
-            "allowPrivilegeEscalation": False,
-            "readOnlyRootFilesystem": True,
-            "capabilities": {"drop": ["ALL"]},
-        },
+        "securityContext": meshgate_security_context(),
         "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
     }
     pod_labels = {**_labels("operator"), **selector}
