@@ -213,9 +213,13 @@ Kubeconfig = Annotated[
 
 
 def _watch_source(
-    kubeconfig: str | None, options: IngressOptions, namespace: str | None
+    kubeconfig: str | None,
+    options: IngressOptions,
+    namespace: str | None,
+    services_bind: str | None = None,
 ) -> KubeWatchSource:
-    return KubeWatchSource(_kube_client(kubeconfig), options, namespace)
+    client = _kube_client(kubeconfig)
+    return KubeWatchSource(client, options, namespace, services_bind=services_bind)
 
 
 def _kube_client(kubeconfig: str | None) -> KubeClient:
@@ -343,6 +347,15 @@ def run(
         ),
     ] = False,
     kubeconfig: Kubeconfig = None,
+    watch_services: Annotated[
+        bool,
+        typer.Option(
+            "--watch-services",
+            help="With --watch: also serve every Service annotated for mesh ingress "
+            "(meshgate.io/ingress, netmaker.io/ingress, ...) on --bind, one listener per "
+            "port, instead of a proxy per Service from the operator.",
+        ),
+    ] = False,
     watch_namespace: Annotated[
         str | None,
         typer.Option("--watch-namespace", metavar="NS", help="With --watch: this namespace only."),
@@ -355,7 +368,8 @@ def run(
     live: list[KubeWatchSource] = []
     if watch:
         ingress_opts = _ingress_options(bind, ingress_class, http_listen, https_listen, config)
-        live.append(_watch_source(kubeconfig, ingress_opts, watch_namespace))
+        services_bind = bind if watch_services else None
+        live.append(_watch_source(kubeconfig, ingress_opts, watch_namespace, services_bind))
     # Static sources are checked before anything starts; the live ones once
     # their first LIST is in.
     cfg = _load_or_exit(sources) if sources or not live else Config()

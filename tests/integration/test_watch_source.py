@@ -195,3 +195,34 @@ def test_kubeconfig_path_is_required_to_exist(tmp_path: Path) -> None:
         assert "Traceback" not in mg.log()
     finally:
         mg.stop()
+
+
+def test_watch_services_serves_annotated_services_as_listeners(tmp_path: Path) -> None:
+    from tests.integration.harness import port_open
+
+    tcp = free_port()
+    annotated = {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {
+            "name": "db",
+            "namespace": "default",
+            "annotations": {"netmaker.io/ingress": "enabled"},
+        },
+        "spec": {"ports": [{"port": tcp, "protocol": "TCP"}]},
+    }
+    with FakeApiServer() as api:
+        kubeconfig = api.write_kubeconfig(tmp_path / "kubeconfig")
+        args = ["--watch", "--watch-services", "--kubeconfig", str(kubeconfig), "--bind"]
+        args += ["127.0.0.1", "--http-listen", "off", "--https-listen", "off"]
+        mg = Meshgate(args, tmp_path)
+        try:
+            mg.wait_ready()
+            api.put(annotated)
+            wait_for(lambda: port_open(tcp), "the Service's listener")
+            [backend] = [b for b in mg.json("/config")["backends"] if b["name"].startswith("svc.")]
+            assert backend["endpoints"] == [f"db.default.svc.cluster.local:{tcp}"]
+            api.put({**annotated, "metadata": {**annotated["metadata"], "annotations": {}}})
+            wait_for(lambda: not port_open(tcp), "the listener to close")
+        finally:
+            mg.stop()

@@ -28,6 +28,7 @@ from meshgate.kube.client import (
     KubeClient,
 )
 from meshgate.kube.ingress_status import publish as publish_ingress_status
+from meshgate.kube.service_routes import services_config
 from meshgate.kube.watch import Informer
 
 KINDS = (INGRESSCLASS, INGRESS, SERVICE, ENDPOINTSLICE, SECRET)
@@ -41,11 +42,19 @@ def _api_version(kind: Kind) -> str:
 
 class KubeWatchSource:
     def __init__(
-        self, client: KubeClient, options: IngressOptions, namespace: str | None = None
+        self,
+        client: KubeClient,
+        options: IngressOptions,
+        namespace: str | None = None,
+        *,
+        services_bind: str | None = None,
     ) -> None:
         self.client = client
         self.options = options
         self.namespace = namespace
+        # Also serve annotated Services (L4, one listener per port) on this
+        # address: the single-gateway alternative to the operator's proxies.
+        self.services_bind = services_bind
         self.informers = {
             kind: Informer(
                 client,
@@ -112,7 +121,20 @@ class KubeWatchSource:
     def load(self) -> Config:
         translation = translate(self.objects(), self.options)
         self.problems, self.notes = translation.problems, translation.notes
-        return translation.config
+        config = translation.config
+        if self.services_bind is None:
+            return config
+        taken = [(x.address, x.port, x.protocol == "udp") for x in config.listeners]
+        listeners, backends, problems = services_config(
+            self.informers[SERVICE].store.items(), self.services_bind, taken
+        )
+        self.problems = (*self.problems, *problems)
+        return config.model_copy(
+            update={
+                "listeners": (*config.listeners, *listeners),
+                "backends": (*config.backends, *backends),
+            }
+        )
 
     async def publish(self, addresses: list[str]) -> None:
         """Write where we serve into the status of the Ingresses of our class."""
