@@ -13,6 +13,7 @@ import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -201,7 +202,7 @@ def test_watch_services_serves_annotated_services_as_listeners(tmp_path: Path) -
     from tests.integration.harness import port_open
 
     tcp = free_port()
-    annotated = {
+    annotated: dict[str, Any] = {
         "apiVersion": "v1",
         "kind": "Service",
         "metadata": {
@@ -222,7 +223,8 @@ def test_watch_services_serves_annotated_services_as_listeners(tmp_path: Path) -
             wait_for(lambda: port_open(tcp), "the Service's listener")
             [backend] = [b for b in mg.json("/config")["backends"] if b["name"].startswith("svc.")]
             assert backend["endpoints"] == [f"db.default.svc.cluster.local:{tcp}"]
-            api.put({**annotated, "metadata": {**annotated["metadata"], "annotations": {}}})
+            annotated["metadata"]["annotations"] = {}
+            api.put(annotated)
             wait_for(lambda: not port_open(tcp), "the listener to close")
         finally:
             mg.stop()
