@@ -164,8 +164,45 @@ def _error_detail(exc: urllib.error.HTTPError) -> str:
 # -- /status ----------------------------------------------------------------
 
 
+def render_operator(status: dict[str, Any], console: Console) -> None:
+    """Print `meshgate operator`'s status: leadership, proxies, rejected Services."""
+    op = status.get("operator") or {}
+    role = Text("leader", style="bold green") if op.get("leader") else Text("follower")
+    _emit(
+        console,
+        Text.assemble(
+            ("meshgate operator", "bold"),
+            f"  namespace {op.get('namespace', '?')}  identity {op.get('identity', '?')}  ",
+            role,
+            f"  (lease held by {op.get('lease_holder') or 'nobody'})",
+            f"  reconciles {op.get('reconciles', 0)}, errors {op.get('errors', 0)}",
+        ),
+    )
+    proxies = _table("Proxies")
+    for heading in ("deployment", "service", "ready"):
+        proxies.add_column(heading, overflow="fold")
+    for item in status.get("proxies") or []:
+        proxies.add_row(
+            Text(str(item.get("deployment", "?"))),
+            Text(str(item.get("service", "?"))),
+            Text(str(item.get("ready_replicas") or 0)),
+        )
+    _emit(console, proxies if proxies.row_count else Text("no proxies", style="dim"))
+    rejected = status.get("rejected") or {}
+    if rejected:
+        table = _table("Rejected Services")
+        table.add_column("service")
+        table.add_column("why", overflow="fold")
+        for service, why in rejected.items():
+            table.add_row(Text(str(service)), Text(str(why), style="red"))
+        _emit(console, table)
+
+
 def render_status(status: dict[str, Any], console: Console) -> None:
     """Print a live status document: a header, then listeners and backends."""
+    if "operator" in status:
+        render_operator(status, console)
+        return
     _emit(console, _status_header(status))
     for line in _mesh_lines(status):
         _emit(console, line)

@@ -363,3 +363,27 @@ def test_render_status_shows_the_mesh_binding_and_dns_names() -> None:
     console = Console(record=True, width=200)
     render_status(status, console)
     assert "FALLBACK: not on the mesh" in console.export_text()
+
+
+def test_render_status_of_the_operator_shows_leadership_proxies_and_rejections() -> None:
+    text = _render(
+        render_status,
+        {
+            "operator": {
+                "namespace": "meshgate-system",
+                "identity": "op-1",
+                "leader": True,
+                "lease_holder": "op-1",
+                "reconciles": 7,
+                "errors": 0,
+            },
+            "proxies": [
+                {"deployment": "mg-default-web-1a2b", "service": "default/web", "ready_replicas": 1}
+            ],
+            "rejected": {"default/bad": "metadata.annotations[meshgate.io/ingress-bind-ip]: bad"},
+        },
+    )
+    for expected in ("leader", "op-1", "reconciles 7", "mg-default-web-1a2b", "default/web"):
+        assert expected in text
+    assert "default/bad" in text
+    assert "ingress-bind-ip" in text
