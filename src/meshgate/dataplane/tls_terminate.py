@@ -23,6 +23,8 @@ import ssl
 from collections.abc import Callable
 from typing import Any, cast
 
+from meshgate import settings
+
 log = logging.getLogger("meshgate.tls")
 
 # Plaintext is handed to the Relay in chunks of up to this size.
@@ -48,6 +50,8 @@ class TlsTerminator(asyncio.Protocol):
         self.eof = False
         self.plain = PlainTransport(self)
         self._early_plain: list[bytes] = []
+        self._early_size = 0
+        self._early_paused = False  # the app paused until the handshake is done
         self._on_handshake = on_handshake  # (ssl object, None) or (None, failure reason)
 
     # -- raw socket events ----------------------------------------------------
@@ -76,6 +80,12 @@ class TlsTerminator(asyncio.Protocol):
             for early in self._early_plain:
                 self.encrypt(early)
             self._early_plain.clear()
+            self._early_size = 0
+            if self._early_paused:
+                self._early_paused = False
+                raw = self.raw
+                if raw is not None and raw.get_write_buffer_size() <= settings.WRITE_HIGH_WATER:
+                    self.app.resume_writing()
         self.pump()
 
     def pump(self) -> None:
@@ -131,8 +141,14 @@ class TlsTerminator(asyncio.Protocol):
     def encrypt(self, data: bytes) -> None:
         if not self.handshaken:
             # An upstream that speaks first (SMTP-style banner) before the
-            # client finished its handshake: hold it until then.
+            # client finished its handshake: hold it until then, and past the
+            # high-water mark stop reading it (a slow handshake must not let
+            # a talkative upstream fill memory).
             self._early_plain.append(data)
+            self._early_size += len(data)
+            if self._early_size > settings.WRITE_HIGH_WATER and not self._early_paused:
+                self._early_paused = True
+                self.app.pause_writing()
             return
         view = memoryview(data)
         while view:

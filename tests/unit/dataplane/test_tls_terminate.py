@@ -130,3 +130,59 @@ async def test_slow_tls_client_pauses_the_upstream(tmp_path: Path) -> None:
         go.set()
         got = await asyncio.wait_for(reader_task, 20)
         assert got == flood.sent, (got, flood.sent)
+
+
+class _App(asyncio.Protocol):
+    """Records what the terminator asks of the Relay above it."""
+
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+
+    def pause_writing(self) -> None:
+        self.calls.append("pause")
+
+    def resume_writing(self) -> None:
+        self.calls.append("resume")
+
+
+class _Raw(asyncio.Transport):
+    def __init__(self) -> None:
+        super().__init__()
+        self.out = bytearray()
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        self.out += data
+
+    def get_write_buffer_size(self) -> int:
+        return 0  # as if the socket took everything
+
+
+def test_upstream_data_before_the_handshake_is_bounded() -> None:
+    # The upstream speaks while the client is still shaking hands (slowly):
+    # past the high-water mark the Relay is told to stop reading it.
+    from meshgate.dataplane.tls_terminate import TlsTerminator
+
+    ca = trustme.CA()
+    server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ca.issue_cert("svc.example.com").configure_cert(server)
+    client = ssl.create_default_context()
+    ca.configure_trust(client)
+    app, raw = _App(), _Raw()
+    tls = TlsTerminator(server, app, lambda obj, why: None)
+    tls.raw = raw
+    for _ in range(3):
+        tls.encrypt(b"x" * (settings.WRITE_HIGH_WATER // 2))
+    assert app.calls == ["pause"]
+    # The handshake completes: the held data goes out and reading resumes.
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    peer = client.wrap_bio(incoming, outgoing, server_hostname="svc.example.com")
+    for _ in range(10):
+        with contextlib.suppress(ssl.SSLWantReadError):
+            peer.do_handshake()
+        tls.data_received(outgoing.read())
+        incoming.write(bytes(raw.out))
+        raw.out.clear()
+        if tls.handshaken and peer.version():
+            break
+    assert tls.handshaken
+    assert app.calls == ["pause", "resume"]
