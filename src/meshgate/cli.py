@@ -114,6 +114,10 @@ BindWait = Annotated[
 ClusterBind = Annotated[
     str, typer.Option("--cluster-bind", metavar="IP", help="Address egress rules listen on.")
 ]
+LogFormat = Annotated[
+    mlog.LogFormat, typer.Option("--log-format", help="Log lines as json or text.")
+]
+LogLevel = Annotated[str, typer.Option("--log-level", help="debug, info, warning, error.")]
 Manifests = Annotated[
     list[str] | None,
     typer.Option(
@@ -314,12 +318,8 @@ def run(
             "or when a reload removes their listener. Default 30.",
         ),
     ] = None,
-    log_format: Annotated[
-        mlog.LogFormat, typer.Option("--log-format", help="Log lines as json or text.")
-    ] = "text",
-    log_level: Annotated[
-        str, typer.Option("--log-level", help="debug, info, warning, error.")
-    ] = "info",
+    log_format: LogFormat = "text",
+    log_level: LogLevel = "info",
     mesh_interface: MeshInterface = None,
     bind_wait: BindWait = None,
     dns_name: DnsName = None,
@@ -649,12 +649,8 @@ def operator(
             "them there; repeat for IPv4 and IPv6.",
         ),
     ] = None,
-    log_format: Annotated[
-        mlog.LogFormat, typer.Option("--log-format", help="Log lines as json or text.")
-    ] = "text",
-    log_level: Annotated[
-        str, typer.Option("--log-level", help="debug, info, warning, error.")
-    ] = "info",
+    log_format: LogFormat = "text",
+    log_level: LogLevel = "info",
 ) -> None:
     """Reconcile Services annotated for the mesh into proxy Deployments, live."""
     from meshgate.kube.takeover import EndpointTakeover, parse_targets
