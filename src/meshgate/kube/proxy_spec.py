@@ -515,6 +515,81 @@ def _mesh_args(pclass: ProxyClass) -> list[str]:
     return args
 
 
+def _pod_spec(
+    pclass: ProxyClass,
+    secret: tuple[str, str],
+    args: list[str],
+    port: int,
+    service_account: str,
+) -> dict[str, Any]:
+    """A proxy Pod: the mesh client beside `meshgate` (sharing its network)."""
+    return {
+        "serviceAccountName": service_account,
+        "enableServiceLinks": False,
+        "terminationGracePeriodSeconds": TERMINATION_GRACE_SECONDS,
+        "securityContext": {
+            "seccompProfile": {"type": "RuntimeDefault"},
+            # A safe sysctl: the non-root proxy may listen on ports below 1024.
+            "sysctls": [{"name": "net.ipv4.ip_unprivileged_port_start", "value": "0"}],
+        },
+        "containers": [
+            _mesh_client(pclass, *secret),
+            _meshgate(pclass, args + _mesh_args(pclass), port),
+        ],
+        "volumes": [
+            {"name": _STATE_VOLUME, "emptyDir": {}},
+            {"name": _TMP_VOLUME, "emptyDir": {"medium": "Memory", "sizeLimit": "16Mi"}},
+            {
+                "name": _DNS_VOLUME,
+                "configMap": {"name": DNS_RECORDS_CONFIGMAP, "optional": True},
+            },
+        ],
+    }
+
+
+GATEWAY_NAME = "meshgate-ingress"
+
+
+def ingress_gateway_deployment(
+    namespace: str,
+    pclass: ProxyClass,
+    *,
+    ingress_class: str = "meshgate",
+    secret: tuple[str, str] = ("netclient-token", "token"),
+) -> dict[str, Any]:
+    """The mesh-side Ingress gateway: `meshgate run --watch` on the mesh
+    address, serving the Ingresses of `ingress_class` and writing their
+    status. One replica: the status names one address (two would take turns
+    overwriting it). Not labelled as the operator's, which would remove it."""
+    labels = {
+        NAME_LABEL: GATEWAY_NAME,
+        INSTANCE_LABEL: GATEWAY_NAME,
+        COMPONENT_LABEL: "ingress-gateway",
+        MANAGED_BY_LABEL: "meshgate-render",
+    }
+    args = ["run", "--watch", "--ingress-class", ingress_class, "--bind", "auto"]
+    args += ["--dns-records", f"{DNS_RECORDS_DIR}/{DNS_RECORDS_KEY}"]
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": GATEWAY_NAME, "namespace": namespace, "labels": labels},
+        "spec": {
+            "replicas": 1,
+            "revisionHistoryLimit": 3,
+            "selector": {"matchLabels": {NAME_LABEL: GATEWAY_NAME}},
+            # One holder of the mesh address at a time: replace, do not overlap.
+            "strategy": {"type": "Recreate"},
+            "template": {
+                "metadata": {
+                    "labels": labels,
+                    "annotations": {"kubectl.kubernetes.io/default-container": MESHGATE_CONTAINER},
+                },
+                "spec": _pod_spec(pclass, secret, args, ADMIN_PORT, GATEWAY_NAME),
+            },
+        },
+    }
+
+
 def _deployment(
     svc: Mapping[str, Any],
     direction: str,
@@ -542,28 +617,7 @@ def _deployment(
                 "labels": labels,
                 "annotations": {"kubectl.kubernetes.io/default-container": MESHGATE_CONTAINER},
             },
-            "spec": {
-                "serviceAccountName": PROXY_SERVICE_ACCOUNT,
-                "enableServiceLinks": False,
-                "terminationGracePeriodSeconds": TERMINATION_GRACE_SECONDS,
-                "securityContext": {
-                    "seccompProfile": {"type": "RuntimeDefault"},
-                    # A safe sysctl: the non-root proxy may listen on ports below 1024.
-                    "sysctls": [{"name": "net.ipv4.ip_unprivileged_port_start", "value": "0"}],
-                },
-                "containers": [
-                    _mesh_client(pclass, *secret),
-                    _meshgate(pclass, args + _mesh_args(pclass), port),
-                ],
-                "volumes": [
-                    {"name": _STATE_VOLUME, "emptyDir": {}},
-                    {"name": _TMP_VOLUME, "emptyDir": {"medium": "Memory", "sizeLimit": "16Mi"}},
-                    {
-                        "name": _DNS_VOLUME,
-                        "configMap": {"name": DNS_RECORDS_CONFIGMAP, "optional": True},
-                    },
-                ],
-            },
+            "spec": _pod_spec(pclass, secret, args, port, PROXY_SERVICE_ACCOUNT),
         },
     }
     return {

@@ -23,11 +23,13 @@ import yaml
 from meshgate.kube.proxy_spec import (
     ADMIN_PORT,
     DEFAULT_MESHGATE_IMAGE,
+    GATEWAY_NAME,
     NAME_LABEL,
     OPERATOR_NAME,
     PROXY_SERVICE_ACCOUNT,
     ProxyClass,
     admin_probe,
+    ingress_gateway_deployment,
     meshgate_security_context,
     pod_identity_env,
     proxy_class_configmap_name,
@@ -71,6 +73,14 @@ OPERATOR_NAMESPACE_RULES: tuple[Rule, ...] = (
 )
 # A proxy annotates its own Pod with its mesh address.
 PROXY_RULES: tuple[Rule, ...] = (_rule("", ["pods"], ["get", "patch"]),)
+# The Ingress gateway (`run --watch`): what the translation reads, and the
+# Ingress status it writes. Secrets: the TLS certificates Ingresses name.
+GATEWAY_CLUSTER_RULES: tuple[Rule, ...] = (
+    _rule("networking.k8s.io", ["ingresses", "ingressclasses"], _READ),
+    _rule("networking.k8s.io", ["ingresses/status"], ["patch"]),
+    _rule("", ["services", "secrets"], _READ),
+    _rule("discovery.k8s.io", ["endpointslices"], _READ),
+)
 
 
 def _labels(component: str) -> dict[str, str]:
@@ -98,14 +108,24 @@ def _role(kind: str, name: str, namespace: str | None, rules: Iterable[Rule]) ->
 
 
 def _binding(
-    kind: str, name: str, namespace: str | None, account: str, account_namespace: str
+    kind: str,
+    name: str,
+    namespace: str | None,
+    account: str,
+    account_namespace: str,
+    *,
+    role: str | None = None,  # default: the binding's own name
 ) -> dict[str, Any]:
     role_kind = "ClusterRole" if kind == "ClusterRoleBinding" else "Role"
     return {
         "apiVersion": "rbac.authorization.k8s.io/v1",
         "kind": kind,
         "metadata": _meta(name, namespace, "rbac"),
-        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": role_kind, "name": name},
+        "roleRef": {
+            "apiGroup": "rbac.authorization.k8s.io",
+            "kind": role_kind,
+            "name": role or name,
+        },
         "subjects": [{"kind": "ServiceAccount", "name": account, "namespace": account_namespace}],
     }
 
@@ -249,6 +269,12 @@ def render(
             "spec": {"controller": INGRESS_CONTROLLER},
         },
         _operator_deployment(ns, image),
+        # The Ingress gateway: its own identity, allowed to read what it serves.
+        _service_account(GATEWAY_NAME, ns),
+        _role("ClusterRole", GATEWAY_NAME, None, GATEWAY_CLUSTER_RULES),
+        _binding("ClusterRoleBinding", GATEWAY_NAME, None, GATEWAY_NAME, ns),
+        _binding("RoleBinding", GATEWAY_NAME, ns, GATEWAY_NAME, ns, role=PROXY_SERVICE_ACCOUNT),
+        ingress_gateway_deployment(ns, ProxyClass(meshgate_image=image)),
         {
             "apiVersion": "policy/v1",
             "kind": "PodDisruptionBudget",

@@ -52,7 +52,38 @@ def test_objects_in_apply_order() -> None:
     assert kinds.index("ServiceAccount") < kinds.index("Deployment")
     assert kinds.index("ClusterRoleBinding") < kinds.index("Deployment")
     assert kinds.count("Role") == 2
-    assert kinds.count("RoleBinding") == 2
+    assert kinds.count("RoleBinding") == 3  # operator, proxy, gateway (the proxy's Role)
+
+
+def test_ingress_gateway_serves_ingresses_from_the_mesh() -> None:
+    objs = render("mesh", "registry.local/meshgate:9")
+    gateway = one(objs, "Deployment", "meshgate-ingress")
+    assert gateway["spec"]["replicas"] == 1  # one address in the Ingress status
+    pod = gateway["spec"]["template"]["spec"]
+    assert pod["serviceAccountName"] == "meshgate-ingress"
+    mesh, meshgate = pod["containers"]
+    assert mesh["env"][0]["valueFrom"]["secretKeyRef"] == {
+        "name": "netclient-token",
+        "key": "token",
+    }
+    assert meshgate["image"] == "registry.local/meshgate:9"
+    assert meshgate["args"][:6] == [
+        "run",
+        "--watch",
+        "--ingress-class",
+        "meshgate",
+        "--bind",
+        "auto",
+    ]
+    # Not labelled as the operator's: the operator would remove it.
+    labels = gateway["metadata"]["labels"]
+    assert labels["app.kubernetes.io/managed-by"] != "meshgate-operator"
+    found = grants(one(objs, "ClusterRole", "meshgate-ingress"))
+    assert ("networking.k8s.io", "ingresses/status", "patch") in found
+    assert ("", "secrets", "watch") in found
+    assert not any(verb in {"create", "delete", "update"} for _, _, verb in found)
+    binding = one(objs, "RoleBinding", "meshgate-ingress")
+    assert binding["roleRef"]["name"] == "meshgate-proxy"  # patches its own Pod
 
 
 def test_names_are_unique_per_kind() -> None:
