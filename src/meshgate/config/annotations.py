@@ -29,7 +29,7 @@ from __future__ import annotations
 import difflib
 import ipaddress
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -334,11 +334,7 @@ def parse_annotations(annotations: Mapping[str, object]) -> ParsedAnnotations:
                 notes.append(f"annotation {key} ignored, not supported by meshgate")
             continue
         if not isinstance(raw, str):
-            problems.append(
-                AnnotationProblem(
-                    key, f"annotation values are strings; quote it: {key}: {_quoted(raw)}"
-                )
-            )
+            problems.append(AnnotationProblem(key, not_a_string(key, raw)))
             continue
         try:
             value = spec.parse(raw)
@@ -366,20 +362,23 @@ def parse_annotations(annotations: Mapping[str, object]) -> ParsedAnnotations:
     return ParsedAnnotations(values, tuple(problems), tuple(notes), keys)
 
 
-def _unknown(key: str) -> str:
-    known = sorted(
-        {a.key for a in ANNOTATIONS} | {PREFIX + n for a in ANNOTATIONS for n in a.aliases}
-    )
-    close = difflib.get_close_matches(key, known, n=1)
+def unknown_reason(key: str, known: Iterable[str], listed: str) -> str:
+    """Why `key` is refused: the closest known key, else where the list is."""
+    close = difflib.get_close_matches(key, sorted(known), n=1)
     if close:
         return f"unknown annotation; did you mean {close[0]}?"
-    return "unknown annotation; see the list of supported annotations in the README"
+    return f"unknown annotation; see the list of {listed} in the README"
 
 
-def _quoted(value: object) -> str:
-    if isinstance(value, bool):
-        return '"true"' if value else '"false"'
-    return f'"{value}"'
+def not_a_string(key: str, value: object) -> str:
+    """Why a non-string annotation value is refused (YAML `true` is not "true")."""
+    text = str(value).lower() if isinstance(value, bool) else str(value)
+    return f'annotation values are strings; quote it: {key}: "{text}"'
+
+
+def _unknown(key: str) -> str:
+    known = {a.key for a in ANNOTATIONS} | {PREFIX + n for a in ANNOTATIONS for n in a.aliases}
+    return unknown_reason(key, known, "supported annotations")
 
 
 def markdown_table() -> str:

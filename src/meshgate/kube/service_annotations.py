@@ -23,13 +23,13 @@ ignored. Pure: no I/O.
 
 from __future__ import annotations
 
-import difflib
 import ipaddress
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from meshgate.config.annotations import not_a_string, unknown_reason
 from meshgate.config.model import check_exact_name
 
 PREFIX = "meshgate.io/"
@@ -355,12 +355,7 @@ def _read_annotations(annotations: Mapping[str, Any]) -> _Read:
             continue
         problems = read.switch_problems if spec.name in _SWITCHES else read.problems
         if not isinstance(raw, str):
-            problems.append(
-                Rejection(
-                    _field(key),
-                    f"annotation values are strings; quote it: {key}: {_quoted(raw)}",
-                )
-            )
+            problems.append(Rejection(_field(key), not_a_string(key, raw)))
             continue
         try:
             value = spec.parse(raw)
@@ -381,17 +376,7 @@ def _read_annotations(annotations: Mapping[str, Any]) -> _Read:
 
 
 def _unknown(key: str) -> str:
-    known = sorted({a.key for a in ANNOTATIONS} | _OWN_KEYS)
-    close = difflib.get_close_matches(key, known, n=1)
-    if close:
-        return f"unknown annotation; did you mean {close[0]}?"
-    return "unknown annotation; see the list of Service annotations in the README"
-
-
-def _quoted(value: object) -> str:
-    if isinstance(value, bool):
-        return '"true"' if value else '"false"'
-    return f'"{value}"'
+    return unknown_reason(key, {a.key for a in ANNOTATIONS} | _OWN_KEYS, "Service annotations")
 
 
 def _direction(
