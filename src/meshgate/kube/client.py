@@ -37,10 +37,10 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import AsyncGenerator, Mapping
+from collections.abc import AsyncGenerator, Awaitable, Mapping
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
-from typing import Any, Literal, NoReturn
+from typing import Any, Literal, NoReturn, TypeVar
 
 import httpx2 as httpx
 import lightkube
@@ -446,36 +446,21 @@ class KubeClient:
 
     async def get(self, kind: Kind, name: str, namespace: str | None = None) -> dict[str, Any]:
         res = _resource_classes(kind).main
-        try:
-            if kind.namespaced:
-                obj = await self._lk.get(res, name, namespace=namespace)
-            else:
-                obj = await self._lk.get(res, name)
-        except Exception as exc:
-            _raise_mapped(exc)
-        return _plain(obj)
+        if kind.namespaced:
+            return _plain(await _mapped(self._lk.get(res, name, namespace=namespace)))
+        return _plain(await _mapped(self._lk.get(res, name)))
 
     async def create(
         self, kind: Kind, obj: dict[str, Any], namespace: str | None = None
     ) -> dict[str, Any]:
         """POST `obj`; `Conflict` when it exists already."""
-        body = self._body(kind, obj, namespace)
-        try:
-            made = await self._lk.create(body)
-        except Exception as exc:
-            _raise_mapped(exc)
-        return _plain(made)
+        return _plain(await _mapped(self._lk.create(self._body(kind, obj, namespace))))
 
     async def replace(
         self, kind: Kind, obj: dict[str, Any], namespace: str | None = None
     ) -> dict[str, Any]:
         """PUT `obj`; with `metadata.resourceVersion` set, `Conflict` if it is stale."""
-        body = self._body(kind, obj, namespace)
-        try:
-            done = await self._lk.replace(body)
-        except Exception as exc:
-            _raise_mapped(exc)
-        return _plain(done)
+        return _plain(await _mapped(self._lk.replace(self._body(kind, obj, namespace))))
 
     async def patch(
         self,
@@ -499,30 +484,24 @@ class KubeClient:
         else:
             body = patch
             kind_of_patch = PatchType.MERGE
-        try:
-            done = await self._lk.patch(
-                res,
-                name,
-                body,
-                namespace=self._namespace(kind, namespace),
-                patch_type=kind_of_patch,
-                field_manager=field_manager,
-                force=force,
-            )
-        except Exception as exc:
-            _raise_mapped(exc)
-        return _plain(done)
+        done = self._lk.patch(
+            res,
+            name,
+            body,
+            namespace=self._namespace(kind, namespace),
+            patch_type=kind_of_patch,
+            field_manager=field_manager,
+            force=force,
+        )
+        return _plain(await _mapped(done))
 
     async def delete(self, kind: Kind, name: str, namespace: str | None = None) -> None:
         """DELETE; `NotFound` if it is absent."""
         res = _resource_classes(kind).main
-        try:
-            if kind.namespaced:
-                await self._lk.delete(res, name, namespace=namespace)
-            else:
-                await self._lk.delete(res, name)
-        except Exception as exc:
-            _raise_mapped(exc)
+        if kind.namespaced:
+            await _mapped(self._lk.delete(res, name, namespace=namespace))
+        else:
+            await _mapped(self._lk.delete(res, name))
 
     async def close(self) -> None:
         await self._lk.close()
@@ -532,6 +511,17 @@ class KubeClient:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
+
+
+T = TypeVar("T")
+
+
+async def _mapped(call: Awaitable[T]) -> T:
+    """Await a lightkube call, its errors mapped to this module's classes."""
+    try:
+        return await call
+    except Exception as exc:
+        _raise_mapped(exc)
 
 
 def _decode_event(line: str) -> WatchEvent:
