@@ -2,11 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
 from typing import Any
-
-import pytest
 
 from meshgate.kube.client import INGRESS, KubeClient
 from meshgate.kube.ingress_status import load_balancer, publish, served
@@ -21,19 +17,6 @@ def ingress(name: str, cls: str | None, legacy: str | None = None) -> dict[str, 
     if cls:
         spec["ingressClassName"] = cls
     return {"apiVersion": "networking.k8s.io/v1", "kind": "Ingress", "metadata": meta, "spec": spec}
-
-
-@pytest.fixture
-def api() -> Iterator[FakeApiServer]:
-    with FakeApiServer() as server:
-        yield server
-
-
-@pytest.fixture
-async def client(api: FakeApiServer, tmp_path: Path) -> AsyncIterator[KubeClient]:
-    kube = KubeClient.from_config(str(api.write_kubeconfig(tmp_path / "config")))
-    yield kube
-    await kube.close()
 
 
 def test_served_by_class_name_or_legacy_annotation() -> None:
@@ -51,18 +34,18 @@ def test_addresses_become_ip_or_hostname_entries() -> None:
 
 
 async def test_status_written_for_our_ingresses_once(
-    api: FakeApiServer, client: KubeClient
+    fake_api: FakeApiServer, fake_client: KubeClient
 ) -> None:
     for obj in (ingress("ours", "meshgate"), ingress("theirs", "nginx")):
-        api.put(obj)
-    items, _ = await client.list(INGRESS, "default")
-    assert await publish(client, items, "meshgate", ["100.64.0.5"]) == 1
-    ours = api.get_object("ingresses", "default", "ours")
-    theirs = api.get_object("ingresses", "default", "theirs")
+        fake_api.put(obj)
+    items, _ = await fake_client.list(INGRESS, "default")
+    assert await publish(fake_client, items, "meshgate", ["100.64.0.5"]) == 1
+    ours = fake_api.get_object("ingresses", "default", "ours")
+    theirs = fake_api.get_object("ingresses", "default", "theirs")
     assert ours is not None
     assert theirs is not None
     assert ours["status"]["loadBalancer"]["ingress"] == [{"ip": "100.64.0.5"}]
     assert not (theirs.get("status") or {}).get("loadBalancer", {}).get("ingress")
-    items, _ = await client.list(INGRESS, "default")
-    assert await publish(client, items, "meshgate", ["100.64.0.5"]) == 0  # unchanged
-    assert await publish(client, items, "meshgate", ["100.64.0.6"]) == 1  # moved
+    items, _ = await fake_client.list(INGRESS, "default")
+    assert await publish(fake_client, items, "meshgate", ["100.64.0.5"]) == 0  # unchanged
+    assert await publish(fake_client, items, "meshgate", ["100.64.0.6"]) == 1  # moved

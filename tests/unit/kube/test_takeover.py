@@ -4,8 +4,6 @@ put back after the API server's reconciler rewrites them."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -54,28 +52,17 @@ def test_each_family_gets_its_own_targets_and_a_match_is_left_alone() -> None:
     assert desired_slice(apiserver_slice("k", "IPv6", "fd00::2"), [("10.0.0.5", 1)]) is None
 
 
-@pytest.fixture
-def api() -> Iterator[FakeApiServer]:
-    with FakeApiServer() as server:
-        yield server
-
-
-@pytest.fixture
-async def client(api: FakeApiServer, tmp_path: Path) -> AsyncIterator[KubeClient]:
-    kube = KubeClient.from_config(str(api.write_kubeconfig(tmp_path / "config")))
-    yield kube
-    await kube.close()
-
-
-async def test_slice_is_taken_over_and_kept(api: FakeApiServer, client: KubeClient) -> None:
-    api.put(apiserver_slice("kubernetes", "IPv4", "172.18.0.2"))
+async def test_slice_is_taken_over_and_kept(
+    fake_api: FakeApiServer, fake_client: KubeClient
+) -> None:
+    fake_api.put(apiserver_slice("kubernetes", "IPv4", "172.18.0.2"))
     leading = True
-    keeper = EndpointTakeover(client, [("10.0.0.5", 7443)], lambda: leading)
+    keeper = EndpointTakeover(fake_client, [("10.0.0.5", 7443)], lambda: leading)
     task = aio.spawn(keeper.run(recheck=0.2), name="takeover")
 
     async def points_at(address: str) -> None:
         for _ in range(100):
-            obj = api.get_object("endpointslices", "default", "kubernetes")
+            obj = fake_api.get_object("endpointslices", "default", "kubernetes")
             if obj and obj["endpoints"][0]["addresses"] == [address]:
                 return
             await asyncio.sleep(0.05)
@@ -84,10 +71,10 @@ async def test_slice_is_taken_over_and_kept(api: FakeApiServer, client: KubeClie
     try:
         await points_at("10.0.0.5")
         # The API server's endpoint reconciler writes its own address back ...
-        api.put(apiserver_slice("kubernetes", "IPv4", "172.18.0.2"))
+        fake_api.put(apiserver_slice("kubernetes", "IPv4", "172.18.0.2"))
         await points_at("10.0.0.5")  # ... and it is taken over again.
         leading = False  # a follower never writes
-        api.put(apiserver_slice("kubernetes", "IPv4", "172.18.0.2"))
+        fake_api.put(apiserver_slice("kubernetes", "IPv4", "172.18.0.2"))
         await asyncio.sleep(0.5)
         await points_at("172.18.0.2")
         assert keeper.rewrites == 2
