@@ -46,7 +46,7 @@ bench-tls: $(STAMP)
 	$(BIN)/python bench/tls.py
 
 bench-http: $(STAMP)
-	$(BIN)/python bench/http.py
+	$(BIN)/python bench/http_proxy.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache

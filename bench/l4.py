@@ -719,34 +719,58 @@ def main(argv: Sequence[str] | None = None) -> int:
         summarize(w, [s for s in outcome.samples if s.workload == w.name]) for w in workloads
     ]
     print_table(summaries, plan.repeats)
-    if outcome.problems:
-        print("\nWARNINGS (numbers next to errors are suspect):")
-        for line in outcome.problems:
-            print(f"  {line}")
-    if outcome.logs:
-        print("\nserver logs (besides startup notices):")
-        for line in outcome.logs:
-            print(f"  {line}")
+    return finish_report(
+        "l4",
+        started,
+        args=args,
+        tools=tool_versions(tools),
+        problems=outcome.problems,
+        logs=outcome.logs,
+        fields={
+            "workloads": [asdict(w) for w in workloads],
+            "summaries": [asdict(s) for s in summaries],
+            "samples": [asdict(s) for s in outcome.samples],
+        },
+    )
 
+
+def finish_report(
+    name: str,
+    started: float,
+    *,
+    args: argparse.Namespace,
+    tools: dict[str, str],
+    problems: list[str],
+    logs: list[str],
+    fields: dict[str, Any],
+) -> int:
+    """Print the warnings and server logs, write bench/results/<name>-<time>.json
+    (what every benchmark records, plus its own `fields`); the exit status."""
+    if problems:
+        print("\nWARNINGS (numbers next to errors are suspect):")
+        for line in problems:
+            print(f"  {line}")
+    if logs:
+        print("\nserver logs (besides startup notices):")
+        for line in logs:
+            print(f"  {line}")
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(started))
-    out = RESULTS_DIR / f"l4-{stamp}.json"
+    out = RESULTS_DIR / f"{name}-{stamp}.json"
     report = {
         "started": stamp,
         "seconds": round(time.time() - started, 1),
         "args": vars(args),
         "machine": {"cpus": os.cpu_count(), "kernel": platform.release(), "python": sys.version},
-        "tools": tool_versions(tools),
+        "tools": tools,
         "meshgate_revision": meshgate_revision(),
-        "workloads": [asdict(w) for w in workloads],
-        "summaries": [asdict(s) for s in summaries],
-        "samples": [asdict(s) for s in outcome.samples],
-        "warnings": outcome.problems,
-        "server_logs": outcome.logs,
+        **fields,
+        "warnings": problems,
+        "server_logs": logs,
     }
     out.write_text(json.dumps(report, indent=2) + "\n")
     print(f"\nwrote {out.relative_to(REPO)}")
-    return 1 if outcome.problems else 0
+    return 1 if problems else 0
 
 
 if __name__ == "__main__":

@@ -27,9 +27,7 @@ written to bench/results/tls-<time>.json. Standard library only.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import re
 import shutil
 import signal
@@ -44,9 +42,8 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from types import FrameType
-from typing import Any
 
-from l4 import NotReady, Processes, Server, meshgate_revision
+from l4 import NotReady, Processes, Server, finish_report
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS_DIR = REPO / "bench" / "results"
@@ -644,41 +641,27 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     summaries = summarize(outcome)
     print_table(summaries, outcome)
-    if outcome.problems:
-        print("\nWARNINGS (numbers next to errors are suspect):")
-        for line in outcome.problems:
-            print(f"  {line}")
-    if outcome.logs:
-        print("\nserver logs (besides startup notices):")
-        for line in outcome.logs:
-            print(f"  {line}")
-
-    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(started))
-    out = RESULTS_DIR / f"tls-{stamp}.json"
-    report: dict[str, Any] = {
-        "started": stamp,
-        "seconds": round(time.time() - started, 1),
-        "args": vars(args),
-        "machine": {"cpus": os.cpu_count(), "kernel": platform.release(), "python": sys.version},
-        "tools": tool_versions(tools),
-        "meshgate_revision": meshgate_revision(),
-        "request": REQUEST.decode(),
-        "rounds": outcome.rounds,
-        "summaries": [asdict(s) for s in summaries],
-        "samples_ms": {
-            name: [None if p.seconds is None else round(p.seconds * 1000, 4) for p in probes]
-            for name, probes in outcome.probes.items()
+    return finish_report(
+        "tls",
+        started,
+        args=args,
+        tools=tool_versions(tools),
+        problems=outcome.problems,
+        logs=outcome.logs,
+        fields={
+            "request": REQUEST.decode(),
+            "rounds": outcome.rounds,
+            "summaries": [asdict(s) for s in summaries],
+            "samples_ms": {
+                name: [None if p.seconds is None else round(p.seconds * 1000, 4) for p in probes]
+                for name, probes in outcome.probes.items()
+            },
+            "errors": {
+                name: [p.error for p in probes if p.error]
+                for name, probes in outcome.probes.items()
+            },
         },
-        "errors": {
-            name: [p.error for p in probes if p.error] for name, probes in outcome.probes.items()
-        },
-        "warnings": outcome.problems,
-        "server_logs": outcome.logs,
-    }
-    out.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"\nwrote {out.relative_to(REPO)}")
-    return 1 if outcome.problems else 0
+    )
 
 
 if __name__ == "__main__":

@@ -27,10 +27,6 @@ Standard library only; see bench/README.md for how to read the numbers.
 from __future__ import annotations
 
 import argparse
-import importlib
-import json
-import os
-import platform
 import re
 import shutil
 import signal
@@ -45,17 +41,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-# This file would shadow the standard library's `http` package, which l4.py
-# imports (`import http.client`): the script's directory comes first on
-# sys.path. Import the real package with that directory out of the way, then
-# put it back so that `l4` is found.
-_BENCH = Path(__file__).resolve().parent
-_SYS_PATH = sys.path[:]
-sys.path[:] = [p for p in _SYS_PATH if Path(p or ".").resolve() != _BENCH]
-importlib.import_module("http.client")
-sys.path[:] = _SYS_PATH
-
-from l4 import (  # noqa: E402
+from l4 import (
     _WRK_NON2XX,
     _WRK_RATE,
     _WRK_SOCKET,
@@ -64,7 +50,6 @@ from l4 import (  # noqa: E402
     LOOPBACK,
     MESHGATE_DRAIN,
     REPO,
-    RESULTS_DIR,
     SETTLE,
     TOOL_PATH,
     VERSION,
@@ -80,7 +65,7 @@ from l4 import (  # noqa: E402
     _ratio,
     _tail,
     check_http,
-    meshgate_revision,
+    finish_report,
     nginx_conf,
 )
 
@@ -635,10 +620,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         tools = find_tools(contenders)
     except MissingTool as exc:
-        print(f"http.py: cannot run, {exc}", file=sys.stderr)
+        print(f"http_proxy.py: cannot run, {exc}", file=sys.stderr)
         return 2
     if not Path("/proc/net/tcp").exists():
-        print("http.py: cannot run: needs Linux (/proc/net/tcp)", file=sys.stderr)
+        print("http_proxy.py: cannot run: needs Linux (/proc/net/tcp)", file=sys.stderr)
         return 2
     signal.signal(signal.SIGTERM, _raise_interrupt)
     plan = Plan(args.repeats, args.duration)
@@ -648,49 +633,35 @@ def main(argv: Sequence[str] | None = None) -> int:
         with tempfile.TemporaryDirectory(prefix="meshgate-bench-http-") as tmpdir:
             outcome = collect(tools, workloads, contenders, plan, Path(tmpdir))
     except NotReady as exc:
-        print(f"http.py: a server did not start: {exc}", file=sys.stderr)
+        print(f"http_proxy.py: a server did not start: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("http.py: interrupted; every process started was stopped", file=sys.stderr)
+        print("http_proxy.py: interrupted; every process started was stopped", file=sys.stderr)
         return 130
 
     summaries = [s for w in workloads for s in summarize(w, contenders, outcome.samples)]
     print_table(summaries, plan.repeats)
-    if outcome.problems:
-        print("\nWARNINGS (numbers next to errors are suspect):")
-        for line in outcome.problems:
-            print(f"  {line}")
     logs = []
     for name, lines in outcome.logs.items():
         unique = list(dict.fromkeys(lines))
         shown = "\n".join(f"    {line}" for line in unique[:5])
         logs.append(f"{name} logged {len(lines)} line(s), {len(unique)} distinct:\n{shown}")
-    if logs:
-        print("\nserver logs (besides startup notices):")
-        for line in logs:
-            print(f"  {line}")
-
-    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(started))
-    out = RESULTS_DIR / f"http-{stamp}.json"
-    report = {
-        "started": stamp,
-        "seconds": round(time.time() - started, 1),
-        "args": vars(args),
-        "machine": {"cpus": os.cpu_count(), "kernel": platform.release(), "python": sys.version},
-        "tools": tool_versions(tools),
-        "meshgate_revision": meshgate_revision(),
-        "workloads": [asdict(w) for w in workloads],
-        "contenders": {c: ABOUT[c] for c in contenders},
-        "configs": outcome.configs,
-        "summaries": [asdict(s) for s in summaries],
-        "samples": [asdict(s) for s in outcome.samples],
-        "warnings": outcome.problems,
-        "server_logs": outcome.logs,
-    }
-    out.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"\nwrote {out.relative_to(REPO)}")
-    return 1 if outcome.problems else 0
+    return finish_report(
+        "http",
+        started,
+        args=args,
+        tools=tool_versions(tools),
+        problems=outcome.problems,
+        logs=logs,
+        fields={
+            "workloads": [asdict(w) for w in workloads],
+            "contenders": {c: ABOUT[c] for c in contenders},
+            "configs": outcome.configs,
+            "summaries": [asdict(s) for s in summaries],
+            "samples": [asdict(s) for s in outcome.samples],
+            "server_logs_by_server": outcome.logs,
+        },
+    )
 
 
 if __name__ == "__main__":
