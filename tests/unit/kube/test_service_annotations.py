@@ -19,6 +19,7 @@ from meshgate.kube.service_annotations import (
     parse_service,
     service_rejections,
 )
+from tests.unit.kube.netmaker_guide import GUIDE_EXAMPLE_3
 
 # The Netmaker operator guide's Services, as written there.
 GUIDE_SERVICE = """
@@ -79,29 +80,6 @@ spec:
   type: ClusterIP
 """
 
-GUIDE_EXAMPLE_3 = """
-apiVersion: v1
-kind: Service
-metadata:
-  name: my-app-service
-  namespace: default
-  annotations:
-    netmaker.io/ingress: "enabled"
-    netmaker.io/ingress-dns-name: "app.netmaker.internal"
-spec:
-  ports:
-  - name: http
-    port: 80
-    targetPort: 8080
-    protocol: TCP
-  - name: https
-    port: 443
-    targetPort: 8443
-    protocol: TCP
-  selector:
-    app: my-app
-  type: ClusterIP
-"""
 
 # The guide's commented-out options, uncommented.
 GUIDE_OPTIONS = """
