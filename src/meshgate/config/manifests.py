@@ -106,6 +106,8 @@ class Translation:
     config: Config  # listeners + backends for everything valid
     problems: tuple[ConfigProblem, ...]  # invalid objects/fields; those were skipped
     notes: tuple[str, ...]  # ignored objects and why
+    # (namespace, name) of the Ingresses of our class: whose status we write.
+    served: frozenset[tuple[str, str]] = frozenset()
 
 
 def parse_listen(value: str) -> tuple[str, int] | None:
@@ -344,7 +346,12 @@ class _Translator:
         # The listeners exist even without an Ingress: the ports stay stable
         # while Ingresses come and go, and unknown hosts get 404, not a refusal.
         config = self._config(listen)
-        return Translation(config, tuple(self.problems), tuple(dict.fromkeys(self.notes)))
+        return Translation(
+            config,
+            tuple(self.problems),
+            tuple(dict.fromkeys(self.notes)),
+            frozenset((obj.namespace, obj.name) for obj in served),
+        )
 
     def _listen(self) -> tuple[tuple[str, int] | None, tuple[str, int] | None]:
         found: list[tuple[str, int] | None] = []

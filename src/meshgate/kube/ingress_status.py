@@ -11,25 +11,12 @@ from __future__ import annotations
 
 import ipaddress
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from typing import Any
 
 from meshgate.kube.client import INGRESS, KubeClient, KubeError
 
 log = logging.getLogger("meshgate.kube")
-
-LEGACY_CLASS = "kubernetes.io/ingress.class"
-
-
-def served(ingress: dict[str, Any], ingress_class: str) -> bool:
-    """Whether `ingress` names our class (explicitly; the default-class case
-    is decided by the translation, which also writes no status for it)."""
-    spec = ingress.get("spec") or {}
-    annotations = (ingress.get("metadata") or {}).get("annotations") or {}
-    return bool(
-        spec.get("ingressClassName") == ingress_class
-        or annotations.get(LEGACY_CLASS) == ingress_class
-    )
 
 
 def load_balancer(addresses: Iterable[str]) -> list[dict[str, str]]:
@@ -46,21 +33,22 @@ def load_balancer(addresses: Iterable[str]) -> list[dict[str, str]]:
 async def publish(
     client: KubeClient,
     ingresses: Sequence[dict[str, Any]],
-    ingress_class: str,
+    served: Collection[tuple[str, str]],
     addresses: Sequence[str],
 ) -> int:
-    """Patch the status of every served Ingress whose addresses differ; return
+    """Patch the status of every `served` Ingress (the translation decides
+    which are ours, default class included) whose addresses differ; return
     how many were patched. Errors are logged, not raised (the next reload
     tries again)."""
     wanted = load_balancer(addresses)
     patched = 0
     for ingress in ingresses:
-        if not served(ingress, ingress_class):
-            continue
+        meta = ingress.get("metadata") or {}
+        if (meta.get("namespace") or "default", meta.get("name")) not in served:
+            continue  # not ours: another class's
         current = ((ingress.get("status") or {}).get("loadBalancer") or {}).get("ingress") or []
         if current == wanted:
             continue
-        meta = ingress.get("metadata") or {}
         patch = {"status": {"loadBalancer": {"ingress": wanted}}}
         try:
             await client.patch(

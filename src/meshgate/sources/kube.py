@@ -66,6 +66,7 @@ class KubeWatchSource:
         }
         self.changed = asyncio.Event()  # set when the stores changed (settled)
         self.problems: tuple[ConfigProblem, ...] = ()
+        self.served: frozenset[tuple[str, str]] = frozenset()  # Ingresses of our class
         self.notes: tuple[str, ...] = ()
         self._tasks: list[asyncio.Task[None]] = []
         self._dirty = asyncio.Event()
@@ -121,6 +122,7 @@ class KubeWatchSource:
     def load(self) -> Config:
         translation = translate(self.objects(), self.options)
         self.problems, self.notes = translation.problems, translation.notes
+        self.served = translation.served
         config = translation.config
         if self.services_bind is None:
             return config
@@ -139,4 +141,4 @@ class KubeWatchSource:
     async def publish(self, addresses: list[str]) -> None:
         """Write where we serve into the status of the Ingresses of our class."""
         ingresses = self.informers[INGRESS].store.items()
-        await publish_ingress_status(self.client, ingresses, self.options.ingress_class, addresses)
+        await publish_ingress_status(self.client, ingresses, self.served, addresses)
