@@ -18,7 +18,7 @@ import typer
 import uvloop
 from rich.console import Console
 
-from meshgate import __version__, aio
+from meshgate import __version__, aio, settings
 from meshgate.admin import AdminServer, parse_listen
 from meshgate.config.manifests import IngressOptions
 from meshgate.config.model import AUTO, Config, check_listen
@@ -35,6 +35,7 @@ from meshgate.sources.file import FileSource
 from meshgate.sources.kube import KubeWatchSource
 from meshgate.sources.manifests import ManifestSource
 from meshgate.sources.static import RulesSource
+from meshgate.supervisor import Supervisor, worker_index
 
 app = typer.Typer(
     name="meshgate",
@@ -360,9 +361,20 @@ def run(
         str | None,
         typer.Option("--watch-namespace", metavar="NS", help="With --watch: this namespace only."),
     ] = None,
+    workers: Annotated[
+        int,
+        typer.Option(
+            "--workers",
+            min=1,
+            max=64,
+            help="Worker processes, each serving every listener (SO_REUSEPORT spreads "
+            "connections over them); the admin server adds their figures up. Default 1.",
+        ),
+    ] = 1,
 ) -> None:
     """Run the data plane: listen, route and forward until SIGTERM (SIGHUP reloads)."""
     mlog.setup(log_format, log_level)
+    index = worker_index()
     sources = _sources(ingress, egress, config, bind, cluster_bind, dns_name)
     sources += _manifest_sources(manifests, bind, ingress_class, http_listen, https_listen, config)
     live: list[KubeWatchSource] = []
@@ -379,6 +391,14 @@ def run(
     except ValueError as exc:
         Console(stderr=True).print(f"meshgate: --admin: {exc}", markup=False)
         raise typer.Exit(2) from None
+    if workers > 1 and index is None:
+        # The configuration was checked above, so a typo fails here once,
+        # not in every worker.
+        supervisor = Supervisor(sys.argv[1:], workers, admin_addr, drain)
+        raise typer.Exit(uvloop.run(supervisor.run()))
+    if index is not None:
+        settings.REUSE_PORT = True
+        admin_addr = ("127.0.0.1", 0)  # the supervisor reads it and answers for all
     mesh = cfg.mesh
     if dns_listen is not None:
         try:
@@ -397,7 +417,8 @@ def run(
         dns_records=dns_records,
     )
 
-    reporter = _pod_reporter(kubeconfig)
+    # One worker speaks for the Pod; the others would write the same annotation.
+    reporter = _pod_reporter(kubeconfig) if not index else None
 
     async def main() -> None:
         for source in live:

@@ -33,6 +33,7 @@ from meshgate.obs.metrics import Metrics
 from meshgate.routing.compile import compile_table, needs_mesh
 from meshgate.routing.table import RouteTable, hostport
 from meshgate.sources import ConfigSource, load_all
+from meshgate.supervisor import report_admin
 
 log = logging.getLogger("meshgate.runtime")
 
@@ -206,6 +207,7 @@ class Runtime:
                 await self.dataplane.shutdown()
                 raise StartupError(str(exc)) from exc
             self.admin_address = hostport(host, port)
+            report_admin(self.admin_address)  # tells a supervisor, if any
         loop = asyncio.get_running_loop()
         loop.set_exception_handler(self._loop_error)
         loop.add_signal_handler(signal.SIGHUP, self._reload.set)

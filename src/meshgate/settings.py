@@ -57,6 +57,17 @@ ADMIN_LISTEN = "127.0.0.1:9901"
 # Listen backlog: bursts of new connections from a mesh of many devices.
 LISTEN_BACKLOG = 1024
 
+# Set in each process of `meshgate run --workers N`: listeners are bound with
+# SO_REUSEPORT so the kernel spreads connections (and UDP flows, by their
+# addresses) over the workers. Off otherwise: another process on the port
+# would silently take part of the traffic, where a refused bind is honest.
+REUSE_PORT = False
+
+# The environment a worker process is started with: its index, and the file
+# it writes its admin address to once it serves (see supervisor.py).
+WORKER_INDEX_ENV = "MESHGATE_WORKER_INDEX"
+WORKER_REPORT_ENV = "MESHGATE_WORKER_REPORT"
+
 # Certificate, key and CA files are checked this often for changes (renewal
 # by cert-manager or certbot); a change triggers the same reload as SIGHUP.
 # Polling, not inotify: Kubernetes Secret volumes swap a symlink, which

@@ -129,7 +129,7 @@ class Exchange:
         self.outgoing = upstream_request(
             self.head,
             target=decision.target,
-            client_ip=str(server.client_ip) if server.client_ip else "",
+            client_ip=server.client_ip_text,
             scheme=server.scheme,
             port=server.spec.key.port,
             trusted=server.trusted,
@@ -142,7 +142,7 @@ class Exchange:
         if conn is not None:
             candidates[0].in_flight += 1
             self.reused = True
-            ctx.metrics.http_upstream_connections.labels(pool_spec.name, "reused").inc()
+            ctx.metrics.http_upstream_connection(pool_spec.name, "reused")
             self._attach(conn, candidates[0])
         else:
             aio.spawn(self._connect(candidates), name="http upstream connect")
@@ -180,7 +180,7 @@ class Exchange:
                 self.respond(502, "connect_failed")
             return
         conn.ep, conn.key = ep, _key(spec, ep)
-        ctx.metrics.http_upstream_connections.labels(spec.name, "new").inc()
+        ctx.metrics.http_upstream_connection(spec.name, "new")
         if self.finished:  # the client went away meanwhile; keep the connection
             ep.in_flight -= 1
             keepalive.give_back(conn)
@@ -574,8 +574,7 @@ class Exchange:
         duration = self.loop.time() - self.started
         metrics = server.listener.ctx.metrics
         name = server.spec.name
-        metrics.http_requests.labels(name, self.route_label, str(self.status)).inc()
-        metrics.http_duration.labels(name, self.route_label).observe(duration)
+        metrics.http_request_done(name, self.route_label, self.status, duration)
         if server.routes.limits.access_log and log.isEnabledFor(logging.INFO):
             log.info(
                 "http request",

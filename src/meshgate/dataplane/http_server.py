@@ -77,6 +77,7 @@ class HttpServer(asyncio.Protocol):
         self.backend = BACKEND_LABEL
         self.client = "-"
         self.client_ip: ipaddress.IPv4Address | ipaddress.IPv6Address | None = None
+        self.client_ip_text = ""  # str(client_ip), made once
         self.trusted = False
         self.requests = 0
         self.closing = False
@@ -104,6 +105,7 @@ class HttpServer(asyncio.Protocol):
         if addr:
             try:
                 self.client_ip = ipaddress.ip_address(addr[0])
+                self.client_ip_text = str(self.client_ip)
             except ValueError:
                 self.client_ip = None
         trusted = self.routes.limits.trusted_proxies
@@ -361,8 +363,11 @@ class HttpServer(asyncio.Protocol):
             self.transport.pause_reading()
 
     def resume(self, reason: str) -> None:
-        self._pause_reasons.discard(reason)
-        if self._paused and not self._pause_reasons and self.transport is not None:
+        reasons = self._pause_reasons
+        if not reasons:
+            return  # the usual case: nothing to resume
+        reasons.discard(reason)
+        if self._paused and not reasons and self.transport is not None:
             self._paused = False
             if not self.closed:
                 self.transport.resume_reading()

@@ -80,6 +80,7 @@ async def open_tcp_server(
         spec.key.port,
         backlog=settings.LISTEN_BACKLOG,
         reuse_address=True,
+        reuse_port=settings.REUSE_PORT or None,
     )
 
 

@@ -360,10 +360,11 @@ class UdpListener(Listener):
         address, port = self.spec.key.address, self.spec.key.port
         # The address is an IP literal (config checks it); its form gives the family.
         family = socket.AF_INET6 if ":" in address else socket.AF_INET
-        # No SO_REUSEPORT: another process on this port would silently take
-        # part of the datagrams (and whole flows); a refused bind is honest.
+        # SO_REUSEPORT only among meshgate's own workers (settings.REUSE_PORT).
         sock = socket.socket(family, socket.SOCK_DGRAM)
         try:
+            if settings.REUSE_PORT:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
             sock.bind((address, port))
         except BaseException:
             sock.close()

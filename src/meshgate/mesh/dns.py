@@ -571,7 +571,10 @@ def _bound(
             # A restarted server must not wait out its old connections' TIME_WAIT.
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         # UDP gets neither SO_REUSEADDR nor SO_REUSEPORT: another responder on
-        # the port would silently take part of the queries; a refused bind is honest.
+        # the port would silently take part of the queries; a refused bind is
+        # honest. Only meshgate's own workers share the port (settings.REUSE_PORT).
+        if settings.REUSE_PORT:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         sock.bind((host, port))
     except BaseException:
         sock.close()

@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 import time
 from typing import Any, Literal
+
+from meshgate import settings
 
 LogFormat = Literal["json", "text"]
 
@@ -50,10 +53,23 @@ def _text(value: object) -> str:
     return json.dumps(text) if (" " in text or not text) else text
 
 
+class _WorkerField(logging.Filter):
+    def __init__(self, worker: str) -> None:
+        super().__init__()
+        self.worker = worker
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.fields = {**_fields(record), "worker": self.worker}
+        return True
+
+
 def setup(fmt: LogFormat = "text", level: str = "info") -> None:
     """Send all meshgate logs to stderr in the chosen format."""
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
+    worker = os.environ.get(settings.WORKER_INDEX_ENV)
+    if worker is not None:  # `run --workers N`: say which process logged
+        handler.addFilter(_WorkerField(worker))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

@@ -8,6 +8,8 @@ connection closes and when /metrics is scraped (see `Dataplane.flush`).
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import (
     CollectorRegistry,
     Counter,
@@ -133,6 +135,32 @@ class Metrics:
         self.reloads = Counter(
             "meshgate_reloads", "Configuration reloads, by result", ("result",), registry=r
         )
+
+        # Label children of the per-request metrics, looked up once per label
+        # set: `labels()` costs a lock and a tuple build on every request.
+        self._requests: dict[tuple[str, str, int], Any] = {}
+        self._durations: dict[tuple[str, str], Any] = {}
+        self._upstream_conns: dict[tuple[str, str], Any] = {}
+
+    def http_request_done(self, listener: str, route: str, code: int, seconds: float) -> None:
+        """Count one answered HTTP request and its duration."""
+        key = (listener, route, code)
+        counter = self._requests.get(key)
+        if counter is None:
+            counter = self._requests[key] = self.http_requests.labels(listener, route, str(code))
+        counter.inc()
+        timing = self._durations.get(key[:2])
+        if timing is None:
+            timing = self._durations[key[:2]] = self.http_duration.labels(listener, route)
+        timing.observe(seconds)
+
+    def http_upstream_connection(self, backend: str, kind: str) -> None:
+        """Count an upstream connection used for a request ("new" or "reused")."""
+        key = (backend, kind)
+        counter = self._upstream_conns.get(key)
+        if counter is None:
+            counter = self._upstream_conns[key] = self.http_upstream_connections.labels(*key)
+        counter.inc()
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -77,7 +77,7 @@ from __future__ import annotations
 import re
 from collections import deque
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import ClassVar, Final, Generic, TypeVar
 
 import httptools
@@ -156,6 +156,11 @@ class RequestHead:
     keep_alive: bool  # per version and Connection header
     upgrade: str | None  # the Upgrade value when Connection has "upgrade", else None
     expect_continue: bool  # Expect: 100-continue, in an HTTP/1.1 request (RFC 9110 §10.1.1)
+    # The head exactly as received (start line to the empty line, checked by
+    # llhttp and by this module): the proxy edits it instead of rebuilding it.
+    raw: bytes = field(default=b"", compare=False, repr=False)
+    # Lower-case Connection tokens.
+    connection: frozenset[bytes] = field(default=frozenset(), compare=False, repr=False)
 
 
 @dataclass(slots=True)
@@ -174,6 +179,8 @@ class ResponseHead:
     # True when the body runs until the connection closes (no length, not
     # chunked, and a body is allowed): feed_eof() ends it.
     until_close: bool
+    raw: bytes = field(default=b"", compare=False, repr=False)  # as in RequestHead
+    connection: frozenset[bytes] = field(default=frozenset(), compare=False, repr=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -239,10 +246,15 @@ _HEX: Final = re.compile(rb"[0-9A-Fa-f]+")
 _SIZE_LINE_RE: Final = re.compile(rb"([0-9A-Fa-f]+)[^\n]*\n")  # chunk-size [ext] CRLF
 _CRLFS: Final = re.compile(rb"[\r\n]*")
 _FOLDED: Final = re.compile(rb"\n[ \t]")
+# A field line of a head llhttp accepted: name, value without OWS around it.
+_FIELD_LINE: Final = re.compile(
+    rb"\r\n([" + _TCHAR.encode() + rb"]+):[ \t]*([^\r\n]*?)[ \t]*(?=\r\n)"
+)
 _FIELD_VALUE: Final = re.compile(rb"[^\x00-\x08\x0a-\x1f\x7f]*")
 _REASON: Final = re.compile(r"[^\x00-\x08\x0a-\x1f\x7f]*")
 
 _H2_PREFACE: Final = b"PRI * HTTP/2.0\r\n\r\n"  # RFC 9113 §3.4, up to its empty line
+_NO_TOKENS: Final[frozenset[bytes]] = frozenset()
 _INT64: Final = 2**63  # Content-Length and chunk sizes must stay below
 _VERSIONS: Final = {(b"1", b"1"): "1.1", (b"1", b"0"): "1.0"}
 _SPECIAL: Final = frozenset(
@@ -660,6 +672,13 @@ class _Parser(Generic[_H]):
         self._trailer_used += taken
         done = self._trailer_partial + taken == 2  # CRLF alone
         self._trailer_partial = 0
+        if not done:
+            self._trailer_count += 1
+            if self._trailer_count > self._limits.max_headers:
+                error = self._fail(
+                    431, f"more than {self._limits.max_headers} trailers", "header_too_large"
+                )
+                return newline + 1, False, error
         return newline + 1, done, None
 
     def _end_message(
@@ -731,28 +750,25 @@ class _Parser(Generic[_H]):
         self._pending = error
         return error
 
-    # httptools callbacks (not API). Each field arrives once llhttp has checked
-    # it; trailers come through on_header too, after the head.
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        limits = self._limits
-        if self._in_body:
-            self._trailer_count += 1
-            if self._trailer_count > limits.max_headers:
-                raise self._fail(
-                    431, f"more than {limits.max_headers} trailers", "header_too_large"
-                )
-            return
-        headers = self._headers
-        if len(headers) >= limits.max_headers:
-            raise self._fail(431, f"more than {limits.max_headers} headers", "header_too_large")
-        value = value.rstrip(b" \t")  # llhttp strips the leading OWS only
-        headers.append((name, value))
-        lower = name.lower()
-        if lower in _SPECIAL:
-            self._specials.setdefault(lower, []).append(value)
+    # httptools callbacks (not API). llhttp checks every field line; the
+    # fields are then read from the head in one pass (`_FIELD_LINE`) rather
+    # than through a callback per field. Trailers are counted by the chunk
+    # tracker (`_trailer_line`).
 
     def on_headers_complete(self) -> None:
+        head = self._head
+        headers = _FIELD_LINE.findall(head, head.index(b"\r\n"))
+        limits = self._limits
+        if len(headers) > limits.max_headers:
+            raise self._fail(431, f"more than {limits.max_headers} headers", "header_too_large")
+        if len(headers) != head.count(b"\r\n") - 2:  # every line but the first and last
+            raise self._fail(400, "a field line llhttp passed but we cannot read", "bad_request")
+        specials = self._specials
+        for name, value in headers:
+            lower = name.lower()
+            if lower in _SPECIAL:
+                specials.setdefault(lower, []).append(value)
+        self._headers = headers
         self._head_event = self._build_head()
         self._in_body = True
 
@@ -810,7 +826,8 @@ class _Parser(Generic[_H]):
         raise self._fail(400, f"bad Transfer-Encoding {values[0][:60]!r}", "bad_transfer_encoding")
 
     def _tokens(self, name: bytes) -> set[bytes]:
-        return _list_tokens(self._specials.get(name, ()))
+        values = self._specials.get(name)
+        return _list_tokens(values) if values is not None else set()
 
 
 def _skip_crlfs(data: bytes, pos: int) -> int:
@@ -918,6 +935,8 @@ class RequestParser(_Parser[RequestHead]):
             keep_alive=keep_alive,
             upgrade=upgrade,
             expect_continue=expect_continue,
+            raw=bytes(self._head),
+            connection=frozenset(tokens) if tokens else _NO_TOKENS,
         )
 
     def _split_target(self, method: str, target: str) -> tuple[str, str, str | None]:
@@ -1069,6 +1088,8 @@ class ResponseParser(_Parser[ResponseHead]):
             chunked=chunked,
             keep_alive=keep_alive,
             until_close=until_close,
+            raw=bytes(self._head),
+            connection=frozenset(tokens) if tokens else _NO_TOKENS,
         )
 
 

@@ -44,6 +44,26 @@ _CLIENT_SET = frozenset(
     }
 )
 _FRAMING = frozenset({b"content-length", b"transfer-encoding", b"expect"})
+
+
+def _lines_named(names: Iterable[bytes]) -> re.Pattern[bytes]:
+    """Matches "CRLF name: value" for each field named (any case) in a raw head.
+
+    The head was checked by the parser (token names, no space before the
+    colon, no CR or LF inside a value), so a line is exactly that shape.
+    """
+    alternatives = b"|".join(re.escape(name) for name in sorted(names, key=len, reverse=True))
+    return re.compile(rb"\r\n(?:" + alternatives + rb"):[^\r]*", re.IGNORECASE)
+
+
+# What a forwarded head loses as received: hop-by-hop fields, the framing
+# (written again) and the fields meshgate sets itself.
+_REQUEST_DROP = _lines_named(HOP_BY_HOP | _FRAMING | _CLIENT_SET | {b"x-request-id"})
+_RESPONSE_DROP = _lines_named(HOP_BY_HOP | {b"content-length"})
+_REQUEST_ID_LINE = _lines_named({b"x-request-id"})
+# Connection tokens that name no other field to drop (RFC 9110 §7.6.1).
+_PLAIN_TOKENS = frozenset({b"close", b"keep-alive", b"upgrade"})
+_TARGET = re.compile(r"[!-~]+")
 _random = random.Random()
 _REQUEST_ID = re.compile(rb"[A-Za-z0-9._:/+=-]{1,200}")
 
@@ -82,6 +102,8 @@ def new_request_id() -> str:
 
 def request_id_of(head: RequestHead) -> str | None:
     """The client's X-Request-ID when it is a plain token (kept end to end)."""
+    if head.raw and _REQUEST_ID_LINE.search(head.raw) is None:
+        return None  # the usual case, found without a loop over the fields
     for name, value in head.headers:
         if name.lower() == b"x-request-id" and _REQUEST_ID.fullmatch(value):
             return value.decode("ascii")
@@ -111,6 +133,14 @@ def upstream_request(
     request_id: str,
 ) -> bytes:
     """The request head sent to the backend for `head` (body framing kept)."""
+    if (
+        head.raw
+        and not trusted
+        and head.host is not None
+        and head.target[0] == "/"
+        and head.connection <= _PLAIN_TOKENS
+    ):
+        return _edited_request(head, target, client_ip, scheme=scheme, port=port, rid=request_id)
     own = {name.lower(): value for name, value in head.headers if name.lower() in _CLIENT_SET}
     drop = _FRAMING | _CLIENT_SET | {b"x-request-id", b"host"}
     host = (head.host or "").encode("latin-1")
@@ -142,6 +172,37 @@ def upstream_request(
     return serialize_request_head(head.method, target, headers)
 
 
+def _edited_request(
+    head: RequestHead, target: str, client_ip: str, *, scheme: str, port: int, rid: str
+) -> bytes:
+    """`upstream_request` for the usual request: the client's head with its
+    field lines kept in place (Host included: an origin-form target has no
+    authority to override it), the dropped ones cut out, ours appended."""
+    if target != head.target and not _TARGET.fullmatch(target):
+        raise ValueError(f"bad request-target {target!r}")
+    raw = head.raw
+    fields = raw[raw.index(b"\r\n") : -4]  # "\r\nName: value" per field
+    fields = _REQUEST_DROP.sub(b"", fields)
+    ip = client_ip.encode()
+    if head.chunked:
+        framing = b"\r\nTransfer-Encoding: chunked"
+    elif head.content_length is not None:
+        framing = b"\r\nContent-Length: %d" % head.content_length
+    else:
+        framing = b""
+    if head.upgrade is not None:
+        framing += b"\r\nConnection: upgrade\r\nUpgrade: " + head.upgrade.encode("latin-1")
+    return b"%b %b HTTP/1.1%b%b%b\r\n\r\n" % (
+        head.method.encode(),
+        target.encode(),
+        fields,
+        b"\r\nX-Forwarded-For: %b\r\nX-Forwarded-Proto: %b\r\nX-Forwarded-Host: %b"
+        b"\r\nX-Forwarded-Port: %d\r\nX-Real-IP: %b\r\nX-Request-ID: %b"
+        % (ip, scheme.encode(), (head.host or "").encode("latin-1"), port, ip, rid.encode()),
+        framing,
+    )
+
+
 def connection_header(keep_alive: bool, http10: bool) -> list[tuple[bytes, bytes]]:
     """What tells the client whether the connection stays: HTTP/1.1 keeps it
     unless told `close`; HTTP/1.0 closes it unless told `keep-alive`."""
@@ -163,6 +224,8 @@ def client_response(
     `chunked`: meshgate chunks the body itself (the backend's was chunked, or
     ran until close and the client speaks HTTP/1.1).
     """
+    if resp.raw and resp.status != 101 and resp.connection <= _PLAIN_TOKENS:
+        return _edited_response(resp, chunked, keep_alive, request_id, http10)
     headers = _drop(resp.headers, frozenset({b"content-length"}))
     if resp.status == 101:
         headers.append((b"Connection", b"upgrade"))
@@ -180,6 +243,31 @@ def client_response(
     return serialize_response_head(
         resp.status, resp.reason or REASONS.get(resp.status, ""), headers
     )
+
+
+def _edited_response(
+    resp: ResponseHead, chunked: bool, keep_alive: bool, request_id: str | None, http10: bool
+) -> bytes:
+    """`client_response` for the usual response: the backend's head edited in place."""
+    raw = resp.raw
+    eol = raw.index(b"\r\n")
+    fields = _RESPONSE_DROP.sub(b"", raw[eol:-4])
+    if resp.reason and raw.startswith(b"HTTP/1.1 "):
+        line = raw[:eol]
+    else:
+        reason = resp.reason or REASONS.get(resp.status, "")
+        line = b"HTTP/1.1 %d %b" % (resp.status, reason.encode("latin-1"))
+    if chunked:
+        fields += b"\r\nTransfer-Encoding: chunked"
+    elif resp.content_length is not None:
+        fields += b"\r\nContent-Length: %d" % resp.content_length
+    if not keep_alive:
+        fields += b"\r\nConnection: close"
+    elif http10:
+        fields += b"\r\nConnection: keep-alive"
+    if request_id is not None and _REQUEST_ID_LINE.search(fields) is None:
+        fields += b"\r\nX-Request-ID: " + request_id.encode()
+    return line + fields + b"\r\n\r\n"
 
 
 def simple_response(
