@@ -12,19 +12,15 @@ import ipaddress
 import json
 import os
 import sys
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 import uvloop
-from rich.console import Console
 
 from meshgate import __version__, aio, settings
 from meshgate.admin import AdminServer, parse_listen
-from meshgate.config.manifests import IngressOptions
 from meshgate.config.model import AUTO, Config, check_listen
 from meshgate.errors import ConfigError
-from meshgate.kube.client import KubeClient, KubeError
-from meshgate.kube.pod_report import PodReporter
 from meshgate.mesh.bindaddr import BIND_WAIT
 from meshgate.mesh.dns import DnsRecords, coredns_stanza, hosts_lines
 from meshgate.obs import logging as mlog
@@ -32,10 +28,28 @@ from meshgate.routing.compile import compile_table, needs_mesh
 from meshgate.runtime import Runtime, RuntimeOptions, StartupError, check_tls, resolve_options
 from meshgate.sources import ConfigSource, load_all
 from meshgate.sources.file import FileSource
-from meshgate.sources.kube import KubeWatchSource
-from meshgate.sources.manifests import ManifestSource
 from meshgate.sources.static import RulesSource
 from meshgate.supervisor import Supervisor, worker_index
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from meshgate.config.manifests import IngressOptions
+    from meshgate.kube.client import KubeClient
+    from meshgate.kube.pod_report import PodReporter
+    from meshgate.sources.kube import KubeWatchSource
+
+# Kubernetes and manifest support is imported by the commands and options
+# that use it: lightkube, httpx and the manifest translation cost ~25 MB and
+# a second of start-up that a plain `run -c file` does not need. So is rich,
+# which only messages and `status` use.
+
+
+def _console(stderr: bool = False, **options: Any) -> Console:
+    from rich.console import Console
+
+    return Console(stderr=stderr, **options)
+
 
 app = typer.Typer(
     name="meshgate",
@@ -171,6 +185,8 @@ def _ingress_options(
             ingress_class = ingress_class or settings.ingress_class
             http_listen = http_listen or settings.http_listen
             https_listen = https_listen or settings.https_listen
+    from meshgate.config.manifests import IngressOptions
+
     try:
         ip = ipaddress.ip_address(bind)
         host = f"[{ip}]" if ip.version == 6 else str(ip)
@@ -223,27 +239,36 @@ def _watch_source(
     namespace: str | None,
     services_bind: str | None = None,
 ) -> KubeWatchSource:
+    from meshgate.sources.kube import KubeWatchSource
+
     client = _kube_client(kubeconfig)
     return KubeWatchSource(client, options, namespace, services_bind=services_bind)
 
 
 def _kube_client(kubeconfig: str | None) -> KubeClient:
     """The Kubernetes client, or exit 2 saying why there is none."""
+    from meshgate.kube.client import KubeClient, KubeError
+
     try:
         return KubeClient.from_config(kubeconfig)
     except (KubeError, OSError, ValueError) as exc:
-        Console(stderr=True).print(f"meshgate: cannot use Kubernetes: {exc}", markup=False)
+        _console(stderr=True).print(f"meshgate: cannot use Kubernetes: {exc}", markup=False)
         raise typer.Exit(2) from None
 
 
 def _pod_reporter(kubeconfig: str | None) -> PodReporter | None:
     """In a Pod (POD_NAME/POD_NAMESPACE from the downward API), report the mesh
     address into the Pod's annotation for the operator."""
+    if not (os.environ.get("POD_NAME") and os.environ.get("POD_NAMESPACE")):
+        return None  # not in a Pod: nothing to report, no client to import
+    from meshgate.kube.client import KubeError
+    from meshgate.kube.pod_report import PodReporter
+
     try:
         return PodReporter.from_environment(kubeconfig)
     except (KubeError, OSError, ValueError) as exc:
         warning = f"meshgate: not reporting the mesh address to the pod: {exc}"
-        Console(stderr=True).print(warning, markup=False)
+        _console(stderr=True).print(warning, markup=False)
         return None
 
 
@@ -257,12 +282,16 @@ def _manifest_sources(
 ) -> list[ConfigSource]:
     if not manifests:
         return []
+    from meshgate.sources.manifests import ManifestSource
+
     options = _ingress_options(bind, ingress_class, http_listen, https_listen, files)
     return [ManifestSource(manifests, options)]
 
 
 def _print_notes(sources: list[ConfigSource], console: Console) -> int:
     """Print what manifest sources skipped or ignored; return the problem count."""
+    from meshgate.sources.manifests import ManifestSource
+
     count = 0
     for source in sources:
         if not isinstance(source, ManifestSource):
@@ -276,7 +305,7 @@ def _print_notes(sources: list[ConfigSource], console: Console) -> int:
 
 
 def _load_or_exit(sources: list[ConfigSource]) -> Config:
-    err = Console(stderr=True, highlight=False, soft_wrap=True)
+    err = _console(stderr=True, highlight=False, soft_wrap=True)
     if not sources:
         err.print(
             "meshgate: no configuration: give --ingress/--egress rules, -c FILE or "
@@ -389,7 +418,7 @@ def run(
     try:
         admin_addr = parse_listen(admin_text)
     except ValueError as exc:
-        Console(stderr=True).print(f"meshgate: --admin: {exc}", markup=False)
+        _console(stderr=True).print(f"meshgate: --admin: {exc}", markup=False)
         raise typer.Exit(2) from None
     if workers > 1 and index is None:
         # The configuration was checked above, so a typo fails here once,
@@ -404,7 +433,7 @@ def run(
         try:
             dns_listen = check_listen(dns_listen)
         except ValueError as exc:
-            Console(stderr=True).print(f"meshgate: --dns-listen: {exc}", markup=False)
+            _console(stderr=True).print(f"meshgate: --dns-listen: {exc}", markup=False)
             raise typer.Exit(2) from None
     options = RuntimeOptions(
         admin=admin_addr,
@@ -436,7 +465,7 @@ def run(
     try:
         uvloop.run(main())
     except StartupError as exc:
-        Console(stderr=True).print(f"meshgate: cannot start: {exc}", markup=False)
+        _console(stderr=True).print(f"meshgate: cannot start: {exc}", markup=False)
         raise typer.Exit(1) from None
 
 
@@ -470,8 +499,8 @@ def check(
     if as_json:
         sys.stdout.write(json.dumps(table.to_json(), indent=2) + "\n")
     else:
-        render_config(table.to_json(), Console(highlight=False))
-    if _print_notes(sources, Console(stderr=True, highlight=False, soft_wrap=True)):
+        render_config(table.to_json(), _console(highlight=False))
+    if _print_notes(sources, _console(stderr=True, highlight=False, soft_wrap=True)):
         raise typer.Exit(1)
 
 
@@ -488,12 +517,12 @@ def status(
     try:
         data = fetch_json(admin, "/status")
     except StatusError as exc:
-        Console(stderr=True).print(f"meshgate: {exc}", markup=False)
+        _console(stderr=True).print(f"meshgate: {exc}", markup=False)
         raise typer.Exit(1) from None
     if as_json:
         sys.stdout.write(json.dumps(data, indent=2) + "\n")
     else:
-        render_status(data, Console(highlight=False))
+        render_status(data, _console(highlight=False))
 
 
 @app.command()
@@ -575,7 +604,7 @@ def _dns_records(
     table = compile_table(cfg, version=0, mesh_addresses=addresses)
     records = records_for(table, addresses, cfg.mesh.dns_zones if cfg.mesh else ())
     if records is None:
-        Console(stderr=True).print("meshgate: no listener has a dns_name (or --dns-name)")
+        _console(stderr=True).print("meshgate: no listener has a dns_name (or --dns-name)")
         raise typer.Exit(2)
     return records
 
@@ -679,7 +708,9 @@ def operator(
     try:
         targets = parse_targets(takeover or [])
     except ValueError as exc:
-        Console(stderr=True).print(f"meshgate: --kubernetes-endpoint-takeover: {exc}", markup=False)
+        _console(stderr=True).print(
+            f"meshgate: --kubernetes-endpoint-takeover: {exc}", markup=False
+        )
         raise typer.Exit(2) from None
     import signal
     import socket
@@ -693,7 +724,7 @@ def operator(
     try:
         admin_addr = parse_listen(admin)
     except ValueError as exc:
-        Console(stderr=True).print(f"meshgate: --admin: {exc}", markup=False)
+        _console(stderr=True).print(f"meshgate: --admin: {exc}", markup=False)
         raise typer.Exit(2) from None
     who = identity or os.environ.get("POD_NAME") or socket.gethostname()
 

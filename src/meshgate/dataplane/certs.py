@@ -23,11 +23,6 @@ import ssl
 import tempfile
 from dataclasses import dataclass
 
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
-
 from meshgate.routing.match import select_cert
 from meshgate.routing.table import (
     CertRef,
@@ -118,6 +113,12 @@ def _load_chain(ctx: ssl.SSLContext, cert: CertRef) -> None:
 def self_signed() -> CertRef:
     """A throwaway certificate for https listeners without a default one
     (what ingress-nginx calls its "fake certificate"): EC P-256, one year."""
+    # Imported here: cryptography costs ~10 MB, and only https listeners need it.
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "meshgate default certificate")])
     now = datetime.datetime.now(datetime.UTC)
