@@ -65,6 +65,41 @@ CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 
 
 class Exchange:
+    # Slots: one of these per request, and attribute access is on every path.
+    __slots__ = (
+        "_last",
+        "_timer",
+        "body_seen",
+        "buffer",
+        "buffered",
+        "bytes_out",
+        "chunked_out",
+        "eofs",
+        "ep",
+        "finished",
+        "has_body",
+        "head",
+        "keep_alive",
+        "label",
+        "loop",
+        "outgoing",
+        "pool",
+        "request_done",
+        "request_id",
+        "response",
+        "response_started",
+        "retried",
+        "reused",
+        "route",
+        "route_label",
+        "server",
+        "started",
+        "status",
+        "tunnel",
+        "upgrade_rest",
+        "upstream",
+    )
+
     def __init__(self, server: HttpServer, head: RequestHead) -> None:
         self.server = server
         self.head = head

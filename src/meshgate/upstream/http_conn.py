@@ -41,6 +41,19 @@ class ResponseSink(Protocol):
 
 
 class UpstreamConn(asyncio.Protocol):
+    __slots__ = (
+        "closed",
+        "ep",
+        "exchanges",
+        "idle_since",
+        "keepalive",
+        "key",
+        "parser",
+        "raw",
+        "sink",
+        "transport",
+    )
+
     def __init__(self, ep: EndpointState | None, key: Hashable, keepalive: KeepAlive) -> None:
         self.ep = ep
         self.key = key
