@@ -1,4 +1,5 @@
-"""The admin HTTP server: /healthz, /readyz, /metrics, /config and /status.
+"""The admin HTTP server: /healthz, /readyz, /metrics, /config, /status, and
+the dashboard (the page at / and its /api/* documents, see meshgate.dashboard).
 
 It runs on aiohttp's low-level runner inside the caller's event loop and only
 *reads* an `AdminState` the runtime provides: nothing here can change the
@@ -15,11 +16,14 @@ import json
 import logging
 import os
 import re
+from collections.abc import Iterable
 from typing import Any, Final, Protocol
 
 from aiohttp import hdrs, web
 from aiohttp.typedefs import Handler
+from prometheus_client.metrics_core import Metric
 
+from meshgate.dashboard.web import dashboard_routes
 from meshgate.routing.table import hostport
 
 log = logging.getLogger("meshgate.admin")
@@ -58,6 +62,15 @@ class AdminState(Protocol):
 
     def metrics(self) -> bytes:
         """Prometheus text exposition, with pending counters already flushed."""
+        ...
+
+    def metric_families(self) -> Iterable[Metric]:
+        """The same metrics as `metrics()`, flushed alike, as the registry
+        collects them (the dashboard reads these instead of parsing text)."""
+        ...
+
+    def recent_errors(self) -> dict[str, Any]:
+        """`RecentErrors.to_json()`: the last errors logged, newest first."""
         ...
 
 
@@ -158,6 +171,7 @@ class AdminServer:
         app.router.add_get("/metrics", self._metrics)
         app.router.add_get("/config", self._config)
         app.router.add_get("/status", self._status)
+        app.add_routes(dashboard_routes(self._state))
         return app
 
     async def _healthz(self, request: web.Request) -> web.Response:

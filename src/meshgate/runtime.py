@@ -15,9 +15,11 @@ import logging
 import os
 import signal
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
+
+from prometheus_client.metrics_core import Metric
 
 from meshgate import aio, settings
 from meshgate.admin import AdminServer
@@ -28,12 +30,19 @@ from meshgate.errors import ConfigError
 from meshgate.mesh.bindaddr import BIND_WAIT, BindChoice, choose, explicit, fallback_choice
 from meshgate.mesh.dns import DnsServer
 from meshgate.mesh.names import parse_hosts, records_for
-from meshgate.mesh.netlink import AddressWatch, NetState, detect, netstate, wait_for
 from meshgate.obs.metrics import Metrics
+from meshgate.obs.recent import RecentErrors
 from meshgate.routing.compile import compile_table, needs_mesh
 from meshgate.routing.table import RouteTable, hostport
 from meshgate.sources import ConfigSource, load_all
 from meshgate.supervisor import report_admin
+
+if TYPE_CHECKING:
+    from meshgate.mesh.netlink import NetState
+
+# _NETLINK_LAZY: meshgate.mesh.netlink is imported where it is used, when a
+# listener binds the mesh address: pyroute2 costs ~20 MB of memory that a
+# proxy on loopback or on fixed addresses does not need.
 
 log = logging.getLogger("meshgate.runtime")
 
@@ -103,6 +112,7 @@ class Runtime:
         # Told where we serve after each apply (a proxy Pod's own annotation).
         self.publishers = tuple(publishers)
         self.prom = Metrics()
+        self.recent = RecentErrors()  # for the dashboard, collected while serve() runs
         self.dataplane = Dataplane(self.prom, options.drain_timeout)
         self.options = options
         self.started = time.time()
@@ -132,9 +142,13 @@ class Runtime:
         )
 
     async def _detect_mesh(self) -> BindChoice:
+        from meshgate.mesh import netlink  # see _NETLINK_LAZY
+
         if self.options.bind_interface is None:
-            return await detect(wait=self.options.bind_wait, extra=self.options.mesh_interfaces)
-        choice, state = await wait_for(self._decide, wait=self.options.bind_wait)
+            return await netlink.detect(
+                wait=self.options.bind_wait, extra=self.options.mesh_interfaces
+            )
+        choice, state = await netlink.wait_for(self._decide, wait=self.options.bind_wait)
         return choice or fallback_choice(state.ifaces, state.default_route_addresses)
 
     async def _await_mesh(self) -> bool:
@@ -187,6 +201,10 @@ class Runtime:
         return {"problems": problems, "notes": notes}
 
     async def serve(self) -> None:
+        with self.recent.attached(logging.getLogger("meshgate")):
+            await self._serve()
+
+    async def _serve(self) -> None:
         self.report_skipped()
         if needs_mesh(self.current_config) and not await self._await_mesh():
             return
@@ -256,9 +274,11 @@ class Runtime:
     async def _follow_mesh(self) -> None:
         """Move `auto` listeners when the mesh address changes (no restart):
         new sockets on the new address, the old ones drain."""
-        with AddressWatch() as watch:
+        from meshgate.mesh import netlink  # see _NETLINK_LAZY
+
+        with netlink.AddressWatch() as watch:
             async for _ in watch:
-                choice = self._decide(await netstate())
+                choice = self._decide(await netlink.netstate())
                 # No mesh interface right now (it is being replaced?): keep
                 # what is bound until one qualifies again.
                 if choice is None or (
@@ -367,7 +387,9 @@ class Runtime:
         self.report_skipped()
         if needs_mesh(config) and self.mesh is None:
             # A reload added the first `auto` listener: look once, no waiting.
-            state = await netstate()
+            from meshgate.mesh import netlink  # see _NETLINK_LAZY
+
+            state = await netlink.netstate()
             self.mesh = self._decide(state) or fallback_choice(
                 state.ifaces, state.default_route_addresses
             )
@@ -527,3 +549,10 @@ class Runtime:
     def metrics(self) -> bytes:
         self.dataplane.flush()
         return self.prom.render()
+
+    def metric_families(self) -> Iterable[Metric]:
+        self.dataplane.flush()
+        return list(self.prom.registry.collect())
+
+    def recent_errors(self) -> dict[str, Any]:
+        return self.recent.to_json()

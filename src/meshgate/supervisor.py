@@ -39,6 +39,7 @@ from typing import Any, Final
 
 import aiohttp
 from prometheus_client.metrics_core import GaugeMetricFamily, Metric
+from prometheus_client.parser import text_string_to_metric_families
 
 from meshgate import aio, settings
 from meshgate.admin import AdminServer
@@ -318,3 +319,8 @@ class Supervisor:
             restarts.add_metric([str(worker.index)], worker.restarts)
         extra: list[Metric] = [running, restarts]
         return merge_metrics([w.metrics for w in self.workers if w.metrics], extra)
+
+    def metric_families(self) -> list[Metric]:
+        # The merged text read back: slower than a registry, but the
+        # supervisor serves no traffic that the parse could hold up.
+        return list(text_string_to_metric_families(self.metrics().decode()))

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import logging
 import socket
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from typing import Any
 
 import aiohttp
 import pytest
+from prometheus_client.metrics_core import Metric
 
 from meshgate.admin import METRICS_CONTENT_TYPE, AdminServer, parse_listen
 from meshgate.obs.metrics import Metrics
@@ -73,6 +74,12 @@ class FakeState:
 
     def metrics(self) -> bytes:
         return self.metrics_source.render()
+
+    def metric_families(self) -> Iterable[Metric]:
+        return self.metrics_source.registry.collect()
+
+    def recent_errors(self) -> dict[str, Any]:
+        return {"capacity": 50, "seen": 0, "errors": []}
 
 
 @pytest.fixture

@@ -5,9 +5,11 @@ from __future__ import annotations
 import asyncio
 import io
 import socket
+from collections.abc import Iterable
 from typing import Any
 
 import pytest
+from prometheus_client.metrics_core import Metric
 from rich.console import Console
 
 from meshgate.admin import AdminServer
@@ -242,6 +244,12 @@ class State:
 
     def metrics(self) -> bytes:
         return b""
+
+    def metric_families(self) -> Iterable[Metric]:
+        return ()
+
+    def recent_errors(self) -> dict[str, Any]:
+        return {"capacity": 50, "seen": 0, "errors": []}
 
 
 async def test_fetch_json_from_a_real_admin_server() -> None:

@@ -32,9 +32,11 @@ import asyncio
 import contextlib
 import datetime
 import logging
+from collections.abc import Iterable
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Gauge, generate_latest
+from prometheus_client.metrics_core import Metric
 
 from meshgate import aio
 from meshgate.kube.client import (
@@ -67,6 +69,7 @@ from meshgate.kube.proxy_spec import (
 )
 from meshgate.kube.service_annotations import EgressIntent, IngressIntent, Rejection, parse_service
 from meshgate.kube.watch import Informer
+from meshgate.obs.recent import RecentErrors
 
 log = logging.getLogger("meshgate.kube")
 
@@ -148,6 +151,7 @@ class Operator:
         )
         self.reconciles = 0
         self.errors = 0
+        self.recent = RecentErrors()  # for the dashboard, collected while run() runs
         self._kicked = asyncio.Event()
         # What was last written per Service, by uid: a Service deleted and
         # created again under its name is a new one, to be told again.
@@ -173,6 +177,10 @@ class Operator:
         self._kicked.set()
 
     async def run(self) -> None:
+        with self.recent.attached(logging.getLogger("meshgate")):
+            await self._run()
+
+    async def _run(self) -> None:
         tasks = [aio.spawn(i.run(), name=f"watch {i.kind.plural}") for i in self.informers]
         tasks.append(aio.spawn(self.elector.run(), name="leader election"))
         tasks.append(aio.spawn(self._poll_secrets(), name="missing secrets"))
@@ -478,6 +486,14 @@ class Operator:
         return {}
 
     def metrics(self) -> bytes:
+        self._set_gauges()
+        return bytes(generate_latest(self.registry))
+
+    def metric_families(self) -> Iterable[Metric]:
+        self._set_gauges()
+        return list(self.registry.collect())
+
+    def _set_gauges(self) -> None:
         values = {
             "leader": 1 if self.elector.leading else 0,
             "reconciles": self.reconciles,
@@ -488,4 +504,6 @@ class Operator:
         }
         for name, value in values.items():
             self._gauges[name].set(value)
-        return bytes(generate_latest(self.registry))
+
+    def recent_errors(self) -> dict[str, Any]:
+        return self.recent.to_json()
