@@ -222,7 +222,7 @@ def check_dashboard(mg: Meshgate, page: Page, ports: Ports) -> None:
     api_route = page.locator(f'#route-tree tr[data-route="{API_ROUTE}"]')
     expect(api_route).to_contain_text("rewrite /$2")
     expect(api_route.locator("[data-state=healthy]")).to_have_count(1)
-    expect(page.locator('#route-tree tr[data-route="*/"]')).to_contain_text("built-in hello")
+    expect(page.locator('#route-tree tr[data-route="default"]')).to_contain_text("built-in hello")
 
     # Counters update: more traffic, a higher connection count on the page.
     total = '#listener-rows tr[data-listener="web"] [data-field="total"]'

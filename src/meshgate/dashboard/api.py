@@ -23,6 +23,7 @@ from collections import defaultdict
 from typing import TYPE_CHECKING, Any, Final
 
 from meshgate.dashboard.samples import Samples
+from meshgate.routing.table import DEFAULT_ROUTE_LABEL, http_route_label
 
 if TYPE_CHECKING:
     from meshgate.admin import AdminState
@@ -52,15 +53,6 @@ DURATION: Final = "meshgate_http_request_duration_seconds"
 # Labels that tie a metric to one listener, route or backend; metrics
 # without any of them are process-wide and go to "global".
 _SCOPED: Final = frozenset({"listener", "route", "backend", "endpoint"})
-
-
-def route_label(host: str | None, path: str) -> str:
-    """The `route` label meshgate_http_* metrics carry for an HTTP route.
-
-    It must match what dataplane/http_exchange.py writes ("host" + "path",
-    "*" for any host), so a route in the table finds its own counters.
-    """
-    return f"{host or '*'}{path}"
 
 
 # -- /api/overview -------------------------------------------------------------
@@ -176,7 +168,7 @@ def _routes(spec: dict[str, Any]) -> list[dict[str, Any]]:
                     path_type=item.get("path_type"),
                     rewrite_target=item.get("rewrite_target"),
                     origin=item.get("origin") or None,
-                    metric_route=route_label(item.get("host"), path),
+                    metric_route=http_route_label(item.get("host"), path),
                 )
             )
         if http.get("default_backend"):
@@ -185,7 +177,7 @@ def _routes(spec: dict[str, Any]) -> list[dict[str, Any]]:
                     "default",
                     http["default_backend"],
                     path="/",
-                    metric_route=route_label(None, "/"),
+                    metric_route=DEFAULT_ROUTE_LABEL,
                 )
             )
     if not routes and spec.get("protocol") in ("tcp", "udp") and spec.get("backend"):

@@ -49,7 +49,12 @@ from meshgate.protocols.http_forward import (
     upstream_request,
 )
 from meshgate.routing.http_decide import Respond, decide
-from meshgate.routing.table import HttpRouteSpec, PoolSpec
+from meshgate.routing.table import (
+    DEFAULT_ROUTE_LABEL,
+    HttpRouteSpec,
+    PoolSpec,
+    http_route_label,
+)
 from meshgate.upstream.connect import NoEndpointAvailable, connect
 from meshgate.upstream.http_conn import UpstreamConn
 from meshgate.upstream.pool import EndpointState, Pool
@@ -147,7 +152,10 @@ class Exchange:
         )
         self.route = route
         if route is not None:
-            self.route_label = f"{route.host or '*'}{route.path}"
+            if route is server.routes.default:
+                self.route_label = DEFAULT_ROUTE_LABEL  # not "*/": a rule may be that
+            else:
+                self.route_label = http_route_label(route.host, route.path)
         if isinstance(decision, Respond):
             location = (b"Location", decision.location.encode()) if decision.location else None
             self.respond(decision.status, decision.label, [location] if location else [])

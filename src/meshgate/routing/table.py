@@ -185,6 +185,15 @@ class HttpLimits:
     access_log: bool
 
 
+DEFAULT_ROUTE_LABEL = "default"  # the `route` label of requests the default backend takes
+
+
+def http_route_label(host: str | None, path: str) -> str:
+    """The `route` label of the meshgate_http_* metrics for a rule: host and
+    path, "*" for any host (the default backend: DEFAULT_ROUTE_LABEL)."""
+    return f"{host or '*'}{path}"
+
+
 @dataclass(frozen=True, slots=True)
 class HttpRoutes:
     """An http/https listener's routing: built by `routing.http_match.index_routes`."""

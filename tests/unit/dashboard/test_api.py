@@ -18,11 +18,11 @@ from prometheus_client.metrics_core import Metric
 
 from meshgate.admin import AdminServer
 from meshgate.config.model import Config
-from meshgate.dashboard.api import route_label
 from meshgate.dashboard.web import dashboard_routes
 from meshgate.obs.metrics import Metrics
 from meshgate.obs.recent import RecentErrors
 from meshgate.routing.compile import compile_table
+from meshgate.routing.table import DEFAULT_ROUTE_LABEL, http_route_label
 
 CONFIG = Config.model_validate(
     {
@@ -319,7 +319,7 @@ async def test_overview_joins_listeners_with_their_routes(get: Any) -> None:
     assert [r["metric_route"] for r in web["routes"]] == [
         "app.example/api(/|$)(.*)",
         "app.example/",
-        "*/",
+        "default",
     ]
     tenants = listeners["tenants"]["routes"]
     assert [(r["kind"], r["sni"], r["default"], r["backend"]) for r in tenants] == [
@@ -507,7 +507,7 @@ async def test_errors_newest_first_with_their_fields(
     assert second["time"] <= first["time"]
 
 
-def test_route_label_is_the_data_plane_one() -> None:
-    # dataplane/http_exchange.py: f"{route.host or '*'}{route.path}"
-    assert route_label(None, "/") == "*/"
-    assert route_label("app.example", "/api") == "app.example/api"
+def test_route_labels_tell_a_catch_all_rule_from_the_default_backend() -> None:
+    assert http_route_label(None, "/") == "*/"
+    assert http_route_label("app.example", "/api") == "app.example/api"
+    assert http_route_label(None, "/") != DEFAULT_ROUTE_LABEL
