@@ -11,6 +11,7 @@ logged; it never takes the server down.
 
 from __future__ import annotations
 
+import hmac
 import ipaddress
 import json
 import logging
@@ -120,13 +121,65 @@ def _is_host(host: str) -> bool:
     return True
 
 
-class AdminServer:
-    """The admin endpoint; `start()` binds, `stop()` closes every connection."""
+TOKEN_ENV: Final = "MESHGATE_ADMIN_TOKEN"
+MIN_TOKEN_CHARS: Final = 16
+# Answered without a token: kubelet probes cannot send one, and the page and
+# its files carry no data (the page asks for the token, then sends it).
+OPEN_PATHS: Final = frozenset({"/healthz", "/readyz", "/"})
+OPEN_PREFIXES: Final = ("/static/",)
+# Also answered without a token on an exposed address when no token is set:
+# scraping metrics in a cluster is the common, expected use.
+EXPOSED_OPEN_PATHS: Final = frozenset({"/metrics"})
 
-    def __init__(self, host: str, port: int, state: AdminState) -> None:
+
+def load_token(path: str | None, env: dict[str, str] | None = None) -> str | None:
+    """The admin bearer token: the file's content (--admin-token-file), else
+    $MESHGATE_ADMIN_TOKEN, else None. ValueError says what is wrong."""
+    environ = os.environ if env is None else env
+    if path is not None:
+        try:
+            with open(path, encoding="utf-8") as f:
+                token = f.read().strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ValueError(f"cannot read the admin token file {path}: {exc}") from None
+        where = f"the admin token file {path}"
+    else:
+        token = environ.get(TOKEN_ENV, "").strip()
+        if not token:
+            return None
+        where = f"${TOKEN_ENV}"
+    if len(token) < MIN_TOKEN_CHARS or any(c.isspace() or not c.isprintable() for c in token):
+        raise ValueError(
+            f"{where}: a token needs at least {MIN_TOKEN_CHARS} printable characters "
+            "without spaces (for example: openssl rand -hex 24)"
+        )
+    return token
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class AdminServer:
+    """The admin endpoint; `start()` binds, `stop()` closes every connection.
+
+    With a `token`, every path but OPEN_PATHS needs `Authorization: Bearer
+    <token>`. Without one, an admin server on a loopback address answers
+    everything (only local users reach it), and one on any other address
+    answers only OPEN_PATHS and EXPOSED_OPEN_PATHS: status, config and the
+    dashboard's data stay private unless a token is set.
+    """
+
+    def __init__(self, host: str, port: int, state: AdminState, token: str | None = None) -> None:
         self._host = host
         self._port = port
         self._state = state
+        self._token = token
         self._runner: web.AppRunner | None = None
 
     async def start(self) -> tuple[str, int]:
@@ -163,7 +216,9 @@ class AdminServer:
             await runner.cleanup()
 
     def _make_app(self) -> web.Application:
-        app = web.Application(middlewares=[_answer_errors_in_json])
+        app = web.Application(
+            middlewares=[_answer_errors_in_json, _authorize(self._token, is_loopback(self._host))]
+        )
         # add_get also answers HEAD (RFC 9110 section 9.3.2 asks every GET
         # resource to); any other method gets 405 from the router.
         app.router.add_get("/healthz", self._healthz)
@@ -192,6 +247,36 @@ class AdminServer:
 
     async def _status(self, request: web.Request) -> web.Response:
         return _json(self._state.status())
+
+
+def _authorize(token: str | None, loopback: bool) -> Any:
+    expected = f"Bearer {token}".encode() if token is not None else None
+
+    @web.middleware
+    async def authorize(request: web.Request, handler: Handler) -> web.StreamResponse:
+        path = request.path
+        if path in OPEN_PATHS or path.startswith(OPEN_PREFIXES):
+            return await handler(request)
+        if expected is not None:
+            given = request.headers.get(hdrs.AUTHORIZATION, "").encode()
+            if hmac.compare_digest(given, expected):
+                return await handler(request)
+            body = {
+                "error": "unauthorized",
+                "path": path,
+                "detail": "send Authorization: Bearer <token>",
+            }
+            headers = {"WWW-Authenticate": 'Bearer realm="meshgate"'}
+            return _json(body, status=401, headers=headers)
+        if loopback or path in EXPOSED_OPEN_PATHS:
+            return await handler(request)
+        detail = (
+            "the admin server listens on a non-loopback address without a token: "
+            f"set --admin-token-file or ${TOKEN_ENV} to use {path} from here"
+        )
+        return _json({"error": "forbidden", "path": path, "detail": detail}, status=403)
+
+    return authorize
 
 
 @web.middleware

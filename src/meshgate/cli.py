@@ -18,7 +18,7 @@ import typer
 import uvloop
 
 from meshgate import __version__, aio, settings
-from meshgate.admin import AdminServer, parse_listen
+from meshgate.admin import AdminServer, load_token, parse_listen
 from meshgate.config.model import AUTO, Config, check_listen
 from meshgate.errors import ConfigError
 from meshgate.mesh.bindaddr import BIND_WAIT
@@ -133,6 +133,26 @@ LogFormat = Annotated[
     mlog.LogFormat, typer.Option("--log-format", help="Log lines as json or text.")
 ]
 LogLevel = Annotated[str, typer.Option("--log-level", help="debug, info, warning, error.")]
+AdminTokenFile = Annotated[
+    str | None,
+    typer.Option(
+        "--admin-token-file",
+        metavar="FILE",
+        help="A bearer token (16+ characters) the admin API asks for (default: "
+        "$MESHGATE_ADMIN_TOKEN). Without one, an admin address other than loopback "
+        "answers only /healthz, /readyz and /metrics.",
+    ),
+]
+
+
+def _admin_token(path: str | None) -> str | None:
+    try:
+        return load_token(path)
+    except ValueError as exc:
+        _console(stderr=True).print(f"meshgate: {exc}", markup=False)
+        raise typer.Exit(2) from None
+
+
 Manifests = Annotated[
     list[str] | None,
     typer.Option(
@@ -400,10 +420,12 @@ def run(
             "connections over them); the admin server adds their figures up. Default 1.",
         ),
     ] = 1,
+    admin_token_file: AdminTokenFile = None,
 ) -> None:
     """Run the data plane: listen, route and forward until SIGTERM (SIGHUP reloads)."""
     mlog.setup(log_format, log_level)
     index = worker_index()
+    token = _admin_token(admin_token_file)
     sources = _sources(ingress, egress, config, bind, cluster_bind, dns_name)
     sources += _manifest_sources(manifests, bind, ingress_class, http_listen, https_listen, config)
     live: list[KubeWatchSource] = []
@@ -423,7 +445,7 @@ def run(
     if workers > 1 and index is None:
         # The configuration was checked above, so a typo fails here once,
         # not in every worker.
-        supervisor = Supervisor(sys.argv[1:], workers, admin_addr, drain)
+        supervisor = Supervisor(sys.argv[1:], workers, admin_addr, drain, token)
         raise typer.Exit(uvloop.run(supervisor.run()))
     if index is not None:
         settings.REUSE_PORT = True
@@ -437,6 +459,7 @@ def run(
             raise typer.Exit(2) from None
     options = RuntimeOptions(
         admin=admin_addr,
+        admin_token=token,
         drain_timeout=drain,
         mesh_interfaces=tuple(mesh_interface or (mesh.interfaces if mesh else ())),
         bind_wait=bind_wait if bind_wait is not None else (mesh.bind_wait if mesh else BIND_WAIT),
@@ -510,12 +533,14 @@ def status(
         str, typer.Option("--admin", metavar="ADDR:PORT", help="Admin server to ask.")
     ] = "127.0.0.1:9901",
     as_json: Annotated[bool, typer.Option("--json", help="Print the raw JSON.")] = False,
+    admin_token_file: AdminTokenFile = None,
 ) -> None:
     """Show listeners, connections and backend health of a running meshgate."""
     from meshgate.statusview import StatusError, fetch_json, render_status
 
+    token = _admin_token(admin_token_file)
     try:
-        data = fetch_json(admin, "/status")
+        data = fetch_json(admin, "/status", token=token)
     except StatusError as exc:
         _console(stderr=True).print(f"meshgate: {exc}", markup=False)
         raise typer.Exit(1) from None
@@ -701,6 +726,7 @@ def operator(
     ] = None,
     log_format: LogFormat = "text",
     log_level: LogLevel = "info",
+    admin_token_file: AdminTokenFile = None,
 ) -> None:
     """Reconcile Services annotated for the mesh into proxy Deployments, live."""
     from meshgate.kube.takeover import EndpointTakeover, parse_targets
@@ -727,10 +753,11 @@ def operator(
         _console(stderr=True).print(f"meshgate: --admin: {exc}", markup=False)
         raise typer.Exit(2) from None
     who = identity or os.environ.get("POD_NAME") or socket.gethostname()
+    token = _admin_token(admin_token_file)
 
     async def main() -> None:
         op = Operator(client, ns, who, lease_duration=lease_duration)
-        server = AdminServer(*admin_addr, op) if admin_addr is not None else None
+        server = AdminServer(*admin_addr, op, token) if admin_addr is not None else None
         if server is not None:
             await server.start()
         loop = asyncio.get_running_loop()

@@ -89,6 +89,7 @@ class RuntimeOptions:
     dns_zones: tuple[str, ...] = ()  # default: the parent domain of each name
     # A hosts-format file of more names to answer (the operator's ConfigMap).
     dns_records: str | None = None
+    admin_token: str | None = None  # a bearer token the admin API asks for
 
 
 def resolve_options(
@@ -218,7 +219,7 @@ class Runtime:
         await self._publish()
         admin: AdminServer | None = None
         if self.options.admin is not None:
-            admin = AdminServer(*self.options.admin, self)
+            admin = AdminServer(*self.options.admin, self, self.options.admin_token)
             try:
                 host, port = await admin.start()
             except OSError as exc:

@@ -67,15 +67,20 @@ class StatusError(Exception):
         self.status = status
 
 
-def fetch_json(admin: str, path: str, timeout: float = 5.0) -> dict[str, Any]:
+def fetch_json(
+    admin: str, path: str, timeout: float = 5.0, token: str | None = None
+) -> dict[str, Any]:
     """GET http://ADMIN/PATH and return the JSON object it answers with."""
     where = _admin_hostport(admin)
     path = "/" + path.lstrip("/")
     # No proxies: an http_proxy variable set for the outside world must not
     # send a request for a loopback admin port through a corporate proxy.
     opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    request = urllib.request.Request(f"http://{where}{path}")
+    if token is not None:
+        request.add_header("Authorization", f"Bearer {token}")
     try:
-        with opener.open(f"http://{where}{path}", timeout=timeout) as response:
+        with opener.open(request, timeout=timeout) as response:
             body: bytes = response.read()
             content_type = response.headers.get_content_type()
     except urllib.error.HTTPError as exc:

@@ -110,12 +110,18 @@ class Supervisor:
     """Runs the workers and answers for them (implements admin.AdminState)."""
 
     def __init__(
-        self, argv: list[str], count: int, admin: tuple[str, int] | None, drain_timeout: float
+        self,
+        argv: list[str],
+        count: int,
+        admin: tuple[str, int] | None,
+        drain_timeout: float,
+        token: str | None = None,
     ) -> None:
         self.argv = argv
         self.count = count
         self.admin_at = admin
         self.drain_timeout = drain_timeout
+        self.token = token  # the admin API's; the workers load the same one
         self.started = time.time()
         self._dir = Path(tempfile.mkdtemp(prefix="meshgate-workers-"))
         self.workers = [Worker(i, self._dir / f"worker-{i}.addr") for i in range(count)]
@@ -131,13 +137,16 @@ class Supervisor:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stop.set)
         loop.add_signal_handler(signal.SIGHUP, self._forward, signal.SIGHUP)
-        self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2.0))
+        auth = {"Authorization": f"Bearer {self.token}"} if self.token else None
+        self._session = aiohttp.ClientSession(
+            timeout=aiohttp.ClientTimeout(total=2.0), headers=auth
+        )
         admin: AdminServer | None = None
         tasks: list[asyncio.Task[None]] = []
         try:
             if self.admin_at is not None:
                 # Bound first: a port in use fails the start before any worker runs.
-                admin = AdminServer(*self.admin_at, self)
+                admin = AdminServer(*self.admin_at, self, self.token)
                 try:
                     host, port = await admin.start()
                 except OSError as exc:

@@ -272,3 +272,25 @@ def check_dashboard(mg: Meshgate, page: Page, ports: Ports) -> None:
     )
     assert p50 == pytest.approx(0.1)
     assert p99 == pytest.approx(0.198)
+
+
+def test_a_token_protected_dashboard_asks_for_the_token(tmp_path: Path, page: Page) -> None:
+    token = tmp_path / "admin-token"
+    token.write_text("dashboard-token-0123456789")
+    port = free_port()
+    args = ["--ingress", f"tcp:{port}:127.0.0.1:9", "--admin-token-file", str(token)]
+    mg = Meshgate(args, tmp_path).wait_ready()
+    try:
+        page.goto(f"http://127.0.0.1:{mg.admin_port}/")
+        expect(page.locator("#token-form")).to_be_visible()
+        expect(page.locator("#link")).to_have_text("locked")
+        page.fill("#token-input", "not-the-token-0123456789")
+        page.click("#token-form button")
+        expect(page.locator("#token-detail")).to_contain_text("refused")
+        page.fill("#token-input", "dashboard-token-0123456789")
+        page.click("#token-form button")
+        expect(page.locator("#link")).to_have_text("live")
+        expect(page.locator("#token-form")).to_be_hidden()
+        expect(page.locator("#listener-rows")).to_contain_text(f"127.0.0.1:{port}")
+    finally:
+        mg.stop()

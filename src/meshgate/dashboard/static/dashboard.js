@@ -32,6 +32,7 @@
   let previous = null; // the last /api/stats document
   let lastGood = 0; // Date.now() of the last complete poll
   let latest = null; // {overview, stats, errors, rates} of the last poll
+  let pollTimer = null; // the next poll, cancelled when a token is given
 
   // -- DOM helpers ----------------------------------------------------------
 
@@ -669,11 +670,40 @@
 
   // -- polling ----------------------------------------------------------------------
 
+  const TOKEN_KEY = "meshgate-admin-token";
+
+  // The admin server answered 401: ask for its bearer token once, keep it for
+  // this tab (sessionStorage), and poll again at once when it is given.
+  function askForToken(detail) {
+    const form = byId("token-form");
+    byId("token-detail").textContent = detail ? `(${detail})` : "";
+    if (!form.hidden) return;
+    form.hidden = false;
+    form.onsubmit = (event) => {
+      event.preventDefault();
+      const value = byId("token-input").value.trim();
+      if (!value) return;
+      sessionStorage.setItem(TOKEN_KEY, value);
+      byId("token-input").value = "";
+      form.hidden = true;
+      clearTimeout(pollTimer);
+      poll();
+    };
+  }
+
   async function getJson(path) {
     const controller = new AbortController();
     const timer = setTimeout(() => controller.abort(), FETCH_TIMEOUT_MS);
     try {
-      const response = await fetch(path, { signal: controller.signal, cache: "no-store" });
+      // With a token (see askForToken), every request carries it.
+      const token = sessionStorage.getItem(TOKEN_KEY);
+      const headers = token ? { Authorization: "Bearer " + token } : {};
+      const response = await fetch(path, { signal: controller.signal, cache: "no-store", headers });
+      if (response.status === 401) {
+        const error = new Error(token ? "the token was refused" : "a token is needed");
+        error.unauthorized = true;
+        throw error;
+      }
       if (!response.ok) {
         // The server is there but failed (its JSON error says why): not "disconnected".
         const body = await response.json().catch(() => ({}));
@@ -688,7 +718,8 @@
     }
   }
 
-  // state: "live", "disconnected" (no answer) or "error" (an HTTP error).
+  // state: "live", "disconnected" (no answer), "error" (an HTTP error) or
+  // "locked" (the server wants a token).
   function setLink(state, detail) {
     const ok = state === "live";
     const link = byId("link");
@@ -696,7 +727,7 @@
     link.textContent = state;
     link.title = detail || "";
     document.body.classList.toggle("stale", !ok);
-    byId("disconnected").hidden = ok;
+    byId("disconnected").hidden = ok || state === "locked"; // locked: the token form says it
     const title = state === "error" ? "Admin server error." : "Disconnected.";
     byId("disconnected-title").textContent = title;
     byId("disconnected-detail").textContent = detail || "";
@@ -720,15 +751,19 @@
       }
       latest = { overview, stats, errors, rates };
       lastGood = Date.now();
+      byId("token-form").hidden = true;
       setLink("live");
       render();
     } catch (err) {
       const age = (Date.now() - lastGood) / 1000;
       const since = lastGood ? ` (last good answer ${fmtAge(age)} ago)` : "";
-      if (err.answered) setLink("error", `${err.message}${since}.`);
+      if (err.unauthorized) {
+        setLink("locked", `The admin server asks for a token: ${err.message}.`);
+        askForToken(err.message);
+      } else if (err.answered) setLink("error", `${err.message}${since}.`);
       else setLink("disconnected", `Cannot reach the admin server${since}.`);
     } finally {
-      setTimeout(poll, POLL_MS);
+      pollTimer = setTimeout(poll, POLL_MS);
     }
   }
 
