@@ -421,6 +421,16 @@ def run(
         ),
     ] = 1,
     admin_token_file: AdminTokenFile = None,
+    shutdown_grace: Annotated[
+        float,
+        typer.Option(
+            "--shutdown-grace",
+            metavar="SECONDS",
+            min=0,
+            help="On SIGTERM, fail /readyz but keep serving this long before draining, "
+            "so load balancers stop sending new clients first. Default 0.",
+        ),
+    ] = settings.SHUTDOWN_GRACE,
 ) -> None:
     """Run the data plane: listen, route and forward until SIGTERM (SIGHUP reloads)."""
     mlog.setup(log_format, log_level)
@@ -460,6 +470,7 @@ def run(
     options = RuntimeOptions(
         admin=admin_addr,
         admin_token=token,
+        shutdown_grace=shutdown_grace,
         drain_timeout=drain,
         mesh_interfaces=tuple(mesh_interface or (mesh.interfaces if mesh else ())),
         bind_wait=bind_wait if bind_wait is not None else (mesh.bind_wait if mesh else BIND_WAIT),

@@ -10,6 +10,7 @@ deadline, then the process exits 0.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
 import logging
 import os
@@ -90,6 +91,7 @@ class RuntimeOptions:
     # A hosts-format file of more names to answer (the operator's ConfigMap).
     dns_records: str | None = None
     admin_token: str | None = None  # a bearer token the admin API asks for
+    shutdown_grace: float = settings.SHUTDOWN_GRACE  # not ready, still serving, on SIGTERM
 
 
 def resolve_options(
@@ -129,6 +131,7 @@ class Runtime:
         self.last_reload: dict[str, Any] = {"time": self.started, "result": "ok", "error": None}
         self.admin_address: str | None = None
         self._stop = asyncio.Event()
+        self.stopping = False  # SIGTERM came: /readyz fails while we finish
         self._reload = asyncio.Event()
 
     @property
@@ -246,6 +249,7 @@ class Runtime:
             watchers.append(aio.spawn(self._follow_mesh(), name="follow mesh address"))
         try:
             await self._stop.wait()
+            await self._grace()
         finally:
             for sig in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT):
                 loop.remove_signal_handler(sig)
@@ -259,6 +263,17 @@ class Runtime:
             if admin is not None:
                 await admin.stop()
             log.info("stopped")
+
+    async def _grace(self) -> None:
+        """Not ready, still serving, for `shutdown_grace` (or until a second signal)."""
+        self.stopping = True
+        grace = self.options.shutdown_grace
+        if grace <= 0:
+            return
+        log.info("shutting down: not ready, still serving", extra={"fields": {"grace": grace}})
+        self._stop.clear()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stop.wait(), grace)
 
     def _log_mesh(self, event: str) -> None:
         assert self.mesh is not None
@@ -497,6 +512,8 @@ class Runtime:
 
     # -- AdminState -----------------------------------------------------------
     def ready(self) -> tuple[bool, dict[str, Any]]:
+        if self.stopping:
+            return False, {"ready": False, "reason": "shutting down"}
         ok, waiting = self.dataplane.ready()
         if not ok:
             return False, {"ready": False, "reason": "listeners not serving", "listeners": waiting}

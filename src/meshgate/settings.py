@@ -6,6 +6,8 @@ these are what a config that says nothing gets.
 
 from __future__ import annotations
 
+import os
+
 # A SYN to a dead mesh peer is never answered; 5 s is long enough for a
 # WireGuard handshake (which takes up to one RTT plus rekey) and short enough
 # that failover to the next endpoint feels immediate to a person.
@@ -35,6 +37,14 @@ UDP_PENDING_DATAGRAMS = 64
 # finish before they are closed.
 DRAIN_TIMEOUT = 30.0
 
+# On SIGTERM, /readyz fails at once but everything keeps serving for this
+# long before the drain starts, so load balancers and Kubernetes Endpoints
+# stop sending new clients first (ingress-nginx gets the same from a preStop
+# sleep). 0 for a plain process, which nothing routes to by readiness; the
+# operator's proxy Pods use PROXY_SHUTDOWN_GRACE. A second SIGTERM ends it.
+SHUTDOWN_GRACE = 0.0
+PROXY_SHUTDOWN_GRACE = 5.0
+
 # An endpoint that refused or timed out this many connects in a row is
 # ejected for EJECT_DURATION, then one connection probes it. Each ejection in
 # a row (the probe failed too) doubles the period, up to EJECT_MAX_DURATION:
@@ -49,6 +59,22 @@ EJECT_MAX_DURATION = 300.0
 # worth of data fits without pausing on every chunk.
 WRITE_HIGH_WATER = 256 * 1024
 WRITE_LOW_WATER = 64 * 1024
+
+# Zero-copy relay of bulk TCP flows (dataplane/splice.py): once one direction
+# of a plain TCP relay (no TLS on either side) has moved SPLICE_AFTER bytes in
+# reads of at least SPLICE_MIN_READ bytes, the connection switches to
+# os.splice through a kernel pipe per direction: no copy into Python, about
+# 1 MiB per system call. Only bulk flows: splice costs ~15% on small-message
+# rates and ~20% on ping-pong latency, so a keep-alive connection of small
+# requests (reads of a few hundred bytes) never switches however long it
+# lives. MESHGATE_SPLICE=0 turns it off; without os.splice (not Linux) or
+# when a pipe cannot be made, the relay silently stays in user space.
+SPLICE = os.environ.get("MESHGATE_SPLICE", "1") != "0"
+SPLICE_AFTER = 256 * 1024
+SPLICE_MIN_READ = 64 * 1024
+# Kernel pipe size per direction (F_SETPIPE_SZ; smaller when the per-user
+# pipe quota refuses it): one splice moves up to this much.
+SPLICE_PIPE_SIZE = 1024 * 1024
 
 # The admin endpoint: loopback only by default, so metrics and config are not
 # exposed on the mesh unless asked for.

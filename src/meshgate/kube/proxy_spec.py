@@ -34,7 +34,7 @@ from typing import Any, Literal
 
 import yaml
 
-from meshgate import __version__
+from meshgate import __version__, settings
 from meshgate.config.model import format_hostport
 from meshgate.kube.service_annotations import (
     MESH_IP_ANNOTATION,
@@ -69,8 +69,9 @@ READY_CONDITION = "MeshProxyReady"
 ADMIN_PORT = 9901
 MESHGATE_CONTAINER = "meshgate"
 MESHGATE_UID = 10001
-# meshgate drains for 30 s by default on SIGTERM; give it that and a margin.
-TERMINATION_GRACE_SECONDS = 40
+# meshgate stays ready-less but serving for PROXY_SHUTDOWN_GRACE, then drains
+# for 30 s by default on SIGTERM; give it that and a margin.
+TERMINATION_GRACE_SECONDS = 45
 
 _CLUSTER_DOMAIN = "cluster.local"
 _STATE_VOLUME = "mesh-state"
@@ -486,7 +487,15 @@ def _meshgate(pclass: ProxyClass, args: list[str], port: int) -> dict[str, Any]:
         "name": MESHGATE_CONTAINER,
         "image": pclass.meshgate_image,
         "command": ["meshgate"],
-        "args": [*args, "--admin", f"0.0.0.0:{port}", "--log-format", "json"],
+        "args": [
+            *args,
+            "--admin",
+            f"0.0.0.0:{port}",
+            "--log-format",
+            "json",
+            "--shutdown-grace",
+            f"{settings.PROXY_SHUTDOWN_GRACE:g}",
+        ],
         "env": pod_identity_env(),
         "ports": [{"name": "admin", "containerPort": port, "protocol": "TCP"}],
         # The mesh may take a while to come up (--bind-wait): allow 5 minutes.

@@ -174,6 +174,8 @@ def test_guide_example_ingress_deployment() -> None:
         "0.0.0.0:9901",
         "--log-format",
         "json",
+        "--shutdown-grace",
+        "5",
     ]
     assert_runnable(arguments)
     pod = deployment["spec"]["template"]["spec"]
