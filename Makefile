@@ -50,3 +50,13 @@ bench-http: $(STAMP)
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache
+
+## make fuzz: atheris on every byte parser, FUZZ_SECONDS each (default 60), new coverage
+## kept in tests/fuzz/corpus/<harness>/ then merged (-merge=1); findings in .fuzz-artifacts/.
+## atheris has a manylinux wheel for CPython 3.11 (libFuzzer inside): no clang needed.
+FUZZ_SECONDS ?= 60
+FUZZ ?=
+.PHONY: fuzz
+fuzz: $(STAMP)
+	@$(BIN)/python -c 'import atheris' 2>/dev/null || $(BIN)/python -m pip install --quiet --only-binary atheris -e '.[dev,fuzz]'
+	$(BIN)/python -m tests.fuzz.run --seconds $(FUZZ_SECONDS) $(FUZZ)

@@ -33,7 +33,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from meshgate.config.model import check_exact_name, check_path, parse_duration
+from meshgate.config.model import check_exact_name, check_path, check_visible, parse_duration
 
 PREFIX = "meshgate.io/"
 NGINX_PREFIX = "nginx.ingress.kubernetes.io/"
@@ -136,9 +136,7 @@ def _rewrite(value: str) -> str:
     text = value.strip()
     if not text:
         raise ValueError("is empty; give the path to rewrite to, e.g. /$2")
-    if any(ch.isspace() or ord(ch) < 32 or ord(ch) == 127 for ch in text):
-        raise ValueError(f"cannot contain spaces or control characters: {value!r}")
-    return text
+    return check_visible(text)
 
 
 def _app_root(value: str) -> str:

@@ -121,8 +121,9 @@ def load_file(path: str | Path) -> Config:
 
 def parse_yaml(text: str, source: str) -> Config:
     """Parse and fully validate YAML text; `source` names it in errors."""
-    loader = _LineLoader(text)
+    loader: _LineLoader | None = None
     try:
+        loader = _LineLoader(text)  # checks every character: can raise already
         root, data = loader.load_with_lines()
     except yaml.MarkedYAMLError as err:
         mark = err.problem_mark or err.context_mark
@@ -135,8 +136,15 @@ def parse_yaml(text: str, source: str) -> Config:
         raise ConfigError.one(source, "", "", reason, line) from None
     except yaml.YAMLError as err:
         raise ConfigError.one(source, "", "", f"invalid YAML: {err}") from None
+    except RecursionError:
+        raise ConfigError.one(source, "", "", "invalid YAML: nested too deeply") from None
+    except (ValueError, IndexError, TypeError, OverflowError) as err:
+        # PyYAML's constructors raise these for a typed scalar that is not
+        # one: `2024-02-30` as a date, an empty `!!int`.
+        raise ConfigError.one(source, "", "", f"invalid YAML value: {err}") from None
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()
 
     if root is None:
         raise ConfigError.one(source, "", "", "file is empty; expected listeners and backends")

@@ -12,6 +12,7 @@ health checks, and the top level `mesh` options, without changing what is here.
 from __future__ import annotations
 
 import ipaddress
+import math
 import re
 from typing import Annotated, Literal
 
@@ -48,8 +49,8 @@ def parse_duration(value: object) -> float:
         seconds = float(m.group(1)) * _UNIT_SECONDS[m.group(2)]
     else:
         raise ValueError(f"expected a duration like 5s, 250ms or 2m, got {value!r}")
-    if seconds <= 0:
-        raise ValueError("a duration must be greater than zero")
+    if not math.isfinite(seconds) or seconds <= 0:  # NaN passes `<= 0`
+        raise ValueError("a duration must be a finite number greater than zero")
     return seconds
 
 
@@ -294,11 +295,25 @@ Size = Annotated[int, Field(ge=0, strict=True)]
 
 
 def check_path(value: str) -> str:
+    """A path rule, rewrite target or redirect path: it goes into request
+    lines and Location headers, so visible ASCII only (RFC 3986: anything
+    else is percent-encoded)."""
     if not value.startswith("/"):
         raise ValueError(f"a path starts with '/', got {value!r}")
-    if any(ch in value for ch in " \t\r\n\x00"):
-        raise ValueError(f"a path cannot contain spaces or control characters: {value!r}")
+    return check_visible(value)
+
+
+def check_visible(value: str) -> str:
+    """Visible ASCII only: what a request line or header can carry as is."""
+    if not _VISIBLE_ASCII.fullmatch(value):
+        raise ValueError(
+            "a path cannot contain spaces or control characters, and non-ASCII "
+            f"characters must be percent-encoded: {value!r}"
+        )
     return value
+
+
+_VISIBLE_ASCII = re.compile(r"[!-~]+")
 
 
 class HttpRoute(_Frozen):
@@ -325,6 +340,17 @@ class HttpRoute(_Frozen):
     @classmethod
     def _path(cls, value: str) -> str:
         return check_path(value) if value else "/"
+
+    @field_validator("app_root")
+    @classmethod
+    def _app_root(cls, value: str | None) -> str | None:
+        return check_path(value) if value is not None else None
+
+    @field_validator("rewrite_target")
+    @classmethod
+    def _rewrite_target(cls, value: str | None) -> str | None:
+        # "$1" alone is allowed: the rewritten path gets its leading "/".
+        return check_visible(value) if value is not None else None
 
     @model_validator(mode="after")
     def _shape(self) -> HttpRoute:

@@ -761,15 +761,16 @@ class _Parser(Generic[_H]):
         limits = self._limits
         if len(headers) > limits.max_headers:
             raise self._fail(431, f"more than {limits.max_headers} headers", "header_too_large")
-        if len(headers) != head.count(b"\r\n") - 2:  # every line but the first and last
-            raise self._fail(400, "a field line llhttp passed but we cannot read", "bad_request")
         specials = self._specials
         for name, value in headers:
             lower = name.lower()
             if lower in _SPECIAL:
                 specials.setdefault(lower, []).append(value)
         self._headers = headers
-        self._head_event = self._build_head()
+        event = self._build_head()  # a bad start line is reported as such first
+        if len(headers) != head.count(b"\r\n") - 2:  # every line but the first and last
+            raise self._fail(400, "a field line llhttp passed but we cannot read", "bad_request")
+        self._head_event = event
         self._in_body = True
 
     def on_message_complete(self) -> None:

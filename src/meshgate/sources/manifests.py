@@ -42,8 +42,9 @@ def parse_documents(text: str, source: str) -> tuple[list[KubeObject], list[Conf
     """
     objects: list[KubeObject] = []
     problems: list[ConfigProblem] = []
-    loader = yaml.SafeLoader(text)
+    loader: yaml.SafeLoader | None = None
     try:
+        loader = yaml.SafeLoader(text)  # checks every character: can raise already
         while loader.check_node():
             node = loader.get_node()
             if node is None:
@@ -76,8 +77,13 @@ def parse_documents(text: str, source: str) -> tuple[list[KubeObject], list[Conf
     except RecursionError:
         reason = f"{INVALID_YAML}: nested too deeply"
         problems.append(ConfigProblem(source, "", "", reason))
+    except (ValueError, IndexError, TypeError, OverflowError) as err:
+        # PyYAML's constructors raise these for a typed scalar that is not
+        # one: an unquoted `creationTimestamp: 2024-02-30`, an empty `!!int`.
+        problems.append(ConfigProblem(source, "", "", f"{INVALID_YAML} value: {err}"))
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()
     return objects, problems
 
 
