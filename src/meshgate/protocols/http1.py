@@ -245,7 +245,8 @@ _DIGITS: Final = re.compile(rb"[0-9]+")
 _HEX: Final = re.compile(rb"[0-9A-Fa-f]+")
 _SIZE_LINE_RE: Final = re.compile(rb"([0-9A-Fa-f]+)[^\n]*\n")  # chunk-size [ext] CRLF
 _CRLFS: Final = re.compile(rb"[\r\n]*")
-_FOLDED: Final = re.compile(rb"\n[ \t]")
+# A field line as llhttp accepts it, to find the line it failed on.
+_GOOD_FIELD: Final = re.compile(rb"[" + _TCHAR.encode() + rb"]+:[^\x00-\x08\x0a-\x1f\x7f]*")
 # A field line of a head llhttp accepted: name, value without OWS around it.
 _FIELD_LINE: Final = re.compile(
     rb"\r\n([" + _TCHAR.encode() + rb"]+):[ \t]*([^\r\n]*?)[ \t]*(?=\r\n)"
@@ -736,7 +737,7 @@ class _Parser(Generic[_H]):
         else:
             lower = message.lower()
             label = next((lb for key, lb in _LLHTTP_LABELS if key in lower), "bad_request")
-        folded = not self._in_body and _FOLDED.search(self._head)
+        folded = not self._in_body and _first_bad_line_is_fold(self._head)
         if label in ("bad_header_name", "bad_header_value") and folded:
             # A field line starting with SP/HTAB: llhttp names the field it
             # broke (a fold after an empty value looks like a bad value).
@@ -829,6 +830,20 @@ class _Parser(Generic[_H]):
     def _tokens(self, name: bytes) -> set[bytes]:
         values = self._specials.get(name)
         return _list_tokens(values) if values is not None else set()
+
+
+def _first_bad_line_is_fold(head: bytearray) -> bool:
+    """Whether the first field line llhttp could have failed on starts with
+    SP/HTAB (obs-fold). Only lines up to that one count, so the verdict is
+    the same however the head was split into reads."""
+    for line in bytes(head).split(b"\r\n")[1:]:
+        if not line:
+            return False  # the end of the head: no bad line
+        if line[:1] in (b" ", b"\t"):
+            return True
+        if not _GOOD_FIELD.fullmatch(line):
+            return False  # a bad line, but not a fold
+    return False
 
 
 def _skip_crlfs(data: bytes, pos: int) -> int:
