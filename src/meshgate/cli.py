@@ -29,7 +29,7 @@ from meshgate.runtime import Runtime, RuntimeOptions, StartupError, check_tls, r
 from meshgate.sources import ConfigSource, load_all
 from meshgate.sources.file import FileSource
 from meshgate.sources.static import RulesSource
-from meshgate.supervisor import Supervisor, worker_index
+from meshgate.worker import worker_index
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -455,6 +455,8 @@ def run(
     if workers > 1 and index is None:
         # The configuration was checked above, so a typo fails here once,
         # not in every worker.
+        from meshgate.supervisor import Supervisor  # only the supervising process needs it
+
         supervisor = Supervisor(sys.argv[1:], workers, admin_addr, drain, token)
         raise typer.Exit(uvloop.run(supervisor.run()))
     if index is not None:

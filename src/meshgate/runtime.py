@@ -36,7 +36,7 @@ from meshgate.obs.recent import RecentErrors
 from meshgate.routing.compile import compile_table, needs_mesh
 from meshgate.routing.table import RouteTable, hostport
 from meshgate.sources import ConfigSource, load_all
-from meshgate.supervisor import report_admin
+from meshgate.worker import report_admin
 
 if TYPE_CHECKING:
     from meshgate.mesh.netlink import NetState

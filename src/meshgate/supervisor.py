@@ -56,21 +56,6 @@ STARTUP_GRACE: Final = 10.0  # a worker that dies sooner after its start fails t
 KILL_AFTER: Final = 5.0  # seconds past the drain timeout before SIGKILL
 
 
-def worker_index() -> int | None:
-    """This process's worker index, or None when it is not a worker."""
-    value = os.environ.get(WORKER_INDEX)
-    return int(value) if value is not None and value.isdigit() else None
-
-
-def report_admin(address: str) -> None:
-    """Called by a worker once its admin server listens: tell the supervisor where."""
-    path = os.environ.get(WORKER_REPORT)
-    if path:
-        tmp = f"{path}.tmp"
-        Path(tmp).write_text(address)
-        os.replace(tmp, path)  # the supervisor never reads half a file
-
-
 def _die_with_parent() -> None:
     """In the child before exec: SIGTERM it if the supervisor dies (even by
     SIGKILL), so no orphan worker keeps the ports."""
