@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test lint typecheck importlint unit bench bench-tls bench-http clean
+.PHONY: run test lint typecheck importlint unit bench bench-results bench-l4 bench-http bench-tls clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -39,14 +39,29 @@ importlint: $(STAMP)
 unit: $(STAMP)
 	$(BIN)/pytest -q
 
+## make bench: install the Debian packages it needs (bench/setup.sh), then
+## run every contender and workload side by side (bench/suite.py, ~10 min);
+## BENCH_ARGS passes options, e.g. make bench BENCH_ARGS=--quick
+BENCH_ARGS ?=
 bench: $(STAMP)
-	$(BIN)/python bench/l4.py
+	sh bench/setup.sh
+	$(BIN)/python bench/suite.py $(BENCH_ARGS)
+
+## make bench-results: the same, and rewrite bench/RESULTS.md from this run
+bench-results: $(STAMP)
+	sh bench/setup.sh
+	$(BIN)/python bench/suite.py --write-results bench/RESULTS.md $(BENCH_ARGS)
+
+## one group of bench/suite.py's workloads; bench-tls adds bench/tls.py
+## (handshake-to-first-byte latency, one connection at a time)
+bench-l4 bench-http: $(STAMP)
+	sh bench/setup.sh
+	$(BIN)/python bench/suite.py --only $(@:bench-%=%) $(BENCH_ARGS)
 
 bench-tls: $(STAMP)
+	sh bench/setup.sh
+	$(BIN)/python bench/suite.py --only tls $(BENCH_ARGS)
 	$(BIN)/python bench/tls.py
-
-bench-http: $(STAMP)
-	$(BIN)/python bench/http_proxy.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache

@@ -27,30 +27,38 @@ written to bench/results/tls-<time>.json. Standard library only.
 from __future__ import annotations
 
 import argparse
-import os
-import re
-import shutil
-import signal
 import socket
 import ssl
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from types import FrameType
 
-from l4 import NotReady, Processes, Server, finish_report
+from harness import (
+    BODY,
+    LOOPBACK,
+    MESHGATE_DRAIN,
+    MissingTool,
+    Pki,
+    Processes,
+    Server,
+    find_tools,
+    finish_report,
+    free_port,
+    in_tmpdir,
+    left_open,
+    log_problems,
+    make_pki,
+    nginx_http_head,
+    nginx_main,
+    num,
+    ratio,
+    tool_versions,
+)
 
-REPO = Path(__file__).resolve().parent.parent
-RESULTS_DIR = REPO / "bench" / "results"
-LOOPBACK = "127.0.0.1"
-TOOL_PATH = os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/sbin"])
-TOOLS = ("openssl", "nginx", "haproxy")
-
+TOOLS = ("openssl", "nginx", "haproxy", "meshgate")
 CONTENDERS = ("direct", "passthrough", "haproxy", "terminate", "direct-plain")
 ABOUT = {
     "direct": "openssl s_server -www (the TLS origin)",
@@ -66,101 +74,16 @@ CONNECTION_TIMEOUT = 5.0
 # The rest of a response is read up to this many bytes (s_server -www sends a
 # few KB listing its ciphers; nginx 100 bytes).
 DRAIN_LIMIT = 1 << 20
-MESHGATE_DRAIN = "1"
-# Once the client is done a proxy should hold no connection: it gets this long
-# to close them before the difference is reported as leaked connections.
-CLOSE_GRACE = 2.0
-BODY = "0123456789" * 10
-NOISE = re.compile(r"\[NOTICE\]|^\s*$|^ACCEPT$")
-VERSION = re.compile(r"\d+\.\d+")
 
 
-class MissingTool(Exception):
-    pass
-
-
-@dataclass(frozen=True, slots=True)
-class Tools:
-    openssl: str
-    nginx: str
-    haproxy: str
-    meshgate: str
-
-
-def find_tools() -> Tools:
-    found = {name: shutil.which(name, path=TOOL_PATH) for name in TOOLS}
-    venv = REPO / ".venv" / "bin" / "meshgate"
-    found["meshgate"] = str(venv) if venv.exists() else shutil.which("meshgate")
-    missing = sorted(name for name, path in found.items() if path is None)
-    if missing:
-        hint = (
-            " (meshgate: run `make bench-tls`, which creates .venv)"
-            if "meshgate" in missing
-            else ""
-        )
-        raise MissingTool(f"missing: {', '.join(missing)}{hint}")
-    return Tools(**{name: str(path) for name, path in found.items()})
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((LOOPBACK, 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-# -- certificates and configs ------------------------------------------------
-@dataclass(frozen=True, slots=True)
-class Pki:
-    ca: Path
-    cert: Path  # the leaf for SNI, then nothing else (no chain needed: the CA is trusted)
-    key: Path
-
-
-def make_pki(openssl: str, tmp: Path, key_type: str) -> Pki:
-    """A CA and a leaf for SNI, both made by the openssl CLI (no Python deps)."""
-    newkey = ["-newkey", "rsa:2048"] if key_type == "rsa" else ["-newkey", "ec"]
-    newkey += [] if key_type == "rsa" else ["-pkeyopt", "ec_paramgen_curve:prime256v1"]
-    ca, ca_key = tmp / "ca.crt", tmp / "ca.key"
-    cert, key, csr = tmp / "leaf.crt", tmp / "leaf.key", tmp / "leaf.csr"
-    ext = tmp / "leaf.ext"
-    usage = "digitalSignature,keyEncipherment" if key_type == "rsa" else "digitalSignature"
-    ext.write_text(
-        f"subjectAltName=DNS:{SNI}\nbasicConstraints=critical,CA:FALSE\n"
-        f"keyUsage=critical,{usage}\nextendedKeyUsage=serverAuth\n"
-    )
-    ca_subject, leaf_subject = "/CN=meshgate bench CA", f"/CN={SNI}"
-    steps = [
-        [openssl, "req", "-x509", *newkey, "-nodes", "-keyout", str(ca_key), "-out", str(ca),
-         "-days", "2", "-subj", ca_subject],
-        [openssl, "req", *newkey, "-nodes", "-keyout", str(key), "-out", str(csr),
-         "-subj", leaf_subject],
-        [openssl, "x509", "-req", "-in", str(csr), "-CA", str(ca), "-CAkey", str(ca_key),
-         "-CAcreateserial", "-days", "2", "-extfile", str(ext), "-out", str(cert)],
-    ]  # fmt: skip
-    for argv in steps:
-        done = subprocess.run(argv, capture_output=True, text=True, timeout=30, check=False)
-        if done.returncode != 0:
-            raise NotReady(f"openssl {argv[1]} failed: {done.stderr.strip()[:300]}")
-    return Pki(ca, cert, key)
-
-
+# -- configs -----------------------------------------------------------------
 def nginx_conf(tmp: Path, pki: Pki, plain: int, tls: int) -> Path:
     conf = tmp / "nginx.conf"
     conf.write_text(
-        f"""daemon off;
-worker_processes 1;
-pid {tmp}/nginx.pid;
-error_log stderr;
-events {{ worker_connections 1024; }}
-http {{
-    access_log off;
-    client_body_temp_path {tmp}/nginx-body;
-    proxy_temp_path {tmp}/nginx-proxy;
-    fastcgi_temp_path {tmp}/nginx-fastcgi;
-    uwsgi_temp_path {tmp}/nginx-uwsgi;
-    scgi_temp_path {tmp}/nginx-scgi;
-    # One response per connection, then close, as s_server -www does.
+        nginx_main(tmp, connections=1024)
+        + "http {\n"
+        + nginx_http_head(tmp)
+        + f"""    # One response per connection, then close, as s_server -www does.
     keepalive_timeout 0;
     server {{
         listen {LOOPBACK}:{plain};
@@ -250,48 +173,27 @@ class Ports:
 
 
 def start_all(
-    procs: Processes, tools: Tools, tmp: Path, pki: Pki
+    procs: Processes, tools: dict[str, str], tmp: Path, pki: Pki
 ) -> tuple[Ports, dict[str, Server]]:
-    ports = Ports(*(_free_port() for _ in range(6)))
+    ports = Ports(*(free_port() for _ in range(6)))
     servers: dict[str, Server] = {}
-    s_server = [tools.openssl, "s_server", "-quiet", "-www"]
-    s_server += [
-        "-accept",
-        f"{LOOPBACK}:{ports.origin}",
-        "-cert",
-        str(pki.cert),
-        "-key",
-        str(pki.key),
-    ]
-    servers["s_server"] = procs.start("s_server", s_server, ports.origin)
-    nginx = [tools.nginx, "-p", str(tmp), "-e", "stderr"]
+    s_server = [tools["openssl"], "s_server", "-quiet", "-www"]
+    s_server += ["-accept", f"{LOOPBACK}:{ports.origin}", "-cert", str(pki.cert)]
+    s_server += ["-key", str(pki.key)]
+    servers["s_server"] = procs.start("s_server", s_server, [ports.origin])
+    nginx = [tools["nginx"], "-p", str(tmp), "-e", "stderr"]
     nginx += ["-c", str(nginx_conf(tmp, pki, ports.plain, ports.nginx_tls))]
-    servers["nginx"] = procs.start("nginx", nginx, ports.plain)
+    servers["nginx"] = procs.start("nginx", nginx, [ports.plain, ports.nginx_tls])
     # Log level warning: at info meshgate logs every closed connection.
-    meshgate = [
-        tools.meshgate,
-        "run",
-        "-c",
-        str(meshgate_conf(tmp, pki, ports.passthrough, ports.terminate, ports)),
-    ]
-    meshgate += ["--admin", "off", "--log-level", "warning", "--drain-timeout", MESHGATE_DRAIN]
-    servers["meshgate"] = procs.start("meshgate", meshgate, ports.passthrough)
-    _wait_listening(ports.terminate)  # its second listener
-    haproxy = [tools.haproxy, "-db", "-f", str(haproxy_conf(tmp, ports.haproxy, ports.origin))]
-    servers["haproxy"] = procs.start("haproxy", haproxy, ports.haproxy)
+    conf = meshgate_conf(tmp, pki, ports.passthrough, ports.terminate, ports)
+    meshgate = [tools["meshgate"], "run", "-c", str(conf), "--admin", "off"]
+    meshgate += ["--log-level", "warning", "--drain-timeout", MESHGATE_DRAIN]
+    servers["meshgate"] = procs.start("meshgate", meshgate, [ports.passthrough, ports.terminate])
+    conf = haproxy_conf(tmp, ports.haproxy, ports.origin)
+    servers["haproxy"] = procs.start(
+        "haproxy", [tools["haproxy"], "-db", "-f", str(conf)], [ports.haproxy]
+    )
     return ports, servers
-
-
-def _wait_listening(port: int) -> None:
-    """Until `port` is in LISTEN state on 127.0.0.1 (read from /proc, no probe)."""
-    deadline = time.monotonic() + 10.0
-    while time.monotonic() < deadline:
-        for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
-            fields = line.split()
-            if fields[3] == "0A" and fields[1] == f"0100007F:{port:04X}":
-                return
-        time.sleep(0.05)
-    raise NotReady(f"nothing listening on port {port} after 10s")
 
 
 # -- the client --------------------------------------------------------------
@@ -400,39 +302,21 @@ def measure(ctx: ssl.SSLContext, ports: Ports, plan: Plan, outcome: Outcome) -> 
             print(f"  {i + 1}/{plan.connections} rounds", flush=True)
 
 
-def _open_fds(pid: int) -> int:
-    try:
-        return len(os.listdir(f"/proc/{pid}/fd"))
-    except FileNotFoundError:
-        return 0
-
-
-def check_after(servers: dict[str, Server]) -> list[str]:
-    problems = [
-        f"{s.name} exited with code {s.proc.returncode}"
-        for s in servers.values()
-        if s.proc.poll() is not None
+def check_after(servers: dict[str, Server], idle: dict[str, int]) -> list[str]:
+    """Every server still up, and meshgate and HAProxy back to their idle sockets."""
+    problems = [text for s in servers.values() if (text := s.exited())]
+    return problems + [
+        f"{name} still holds {extra} more sockets than when idle "
+        "after the client left (leaked connections?)"
+        for name in ("meshgate", "haproxy")
+        if (extra := left_open(servers[name].sockets, idle[name])) > 0
     ]
-    for name in ("meshgate", "haproxy"):
-        server = servers[name]
-        deadline = time.monotonic() + CLOSE_GRACE
-        while (extra := _open_fds(server.proc.pid) - server.idle_fds) > 0:
-            if time.monotonic() >= deadline:
-                problems.append(
-                    f"{name} still holds {extra} more descriptors than when idle, "
-                    f"{CLOSE_GRACE:.0f}s after the client left (leaked connections?)"
-                )
-                break
-            time.sleep(0.1)
-    return problems
 
 
 def server_logs(servers: dict[str, Server]) -> list[str]:
     out = []
     for server in servers.values():
-        text = server.log.read_text(errors="replace") if server.log.exists() else ""
-        lines = [line for line in text.splitlines() if not NOISE.search(line)]
-        if lines:
+        if lines := log_problems(server):
             shown = "\n".join(f"    {line}" for line in lines[:5])
             out.append(f"{server.name} logged {len(lines)} line(s):\n{shown}")
     return out
@@ -470,10 +354,6 @@ class Summary:
     tls: list[str]
 
 
-def _ratio(a: float | None, b: float | None) -> float | None:
-    return None if a is None or b is None or b == 0 else a / b
-
-
 def summarize(outcome: Outcome) -> list[Summary]:
     cuts: dict[str, tuple[float, float, float] | None] = {}
     for name, probes in outcome.probes.items():
@@ -504,17 +384,13 @@ def summarize(outcome: Outcome) -> list[Summary]:
                 None if cut is None else cut[0],
                 None if cut is None else cut[1],
                 None if cut is None else cut[2],
-                _ratio(p50(name), p50("direct")),
-                _ratio(p50(name), p50("direct-plain")),
+                ratio(p50(name), p50("direct")),
+                ratio(p50(name), p50("direct-plain")),
                 endings,
                 sorted({f"{p.version} {p.cipher}" for p in probes if not p.error}),
             )
         )
     return out
-
-
-def _num(value: float | None, digits: int = 2) -> str:
-    return "-" if value is None else f"{value:.{digits}f}"
 
 
 def print_table(summaries: list[Summary], outcome: Outcome) -> None:
@@ -528,8 +404,8 @@ def print_table(summaries: list[Summary], outcome: Outcome) -> None:
     )
     for s in summaries:
         print(
-            f"{s.contender:<13} {s.n:>5} {s.failed:>4} {_num(s.p50_ms):>8} {_num(s.p90_ms):>8}"
-            f" {_num(s.p99_ms):>8} {_num(s.vs_direct):>8} {_num(s.vs_direct_plain):>13}"
+            f"{s.contender:<13} {s.n:>5} {s.failed:>4} {num(s.p50_ms):>8} {num(s.p90_ms):>8}"
+            f" {num(s.p99_ms):>8} {num(s.vs_direct):>8} {num(s.vs_direct_plain):>13}"
         )
     # How the servers ended the connection after the response (untimed).
     for s in summaries:
@@ -541,21 +417,6 @@ def print_table(summaries: list[Summary], outcome: Outcome) -> None:
     else:
         for name, text in tls.items():
             print(f"  {name}: {text}")
-
-
-def tool_versions(tools: Tools) -> dict[str, str]:
-    commands = {
-        "openssl": [tools.openssl, "version"],
-        "nginx": [tools.nginx, "-v"],
-        "haproxy": [tools.haproxy, "-v"],
-        "meshgate": [tools.meshgate, "version"],
-    }
-    versions = {"python-ssl": ssl.OPENSSL_VERSION}
-    for name, argv in commands.items():
-        done = subprocess.run(argv, check=False, capture_output=True, text=True, timeout=10)
-        lines = [line for line in (done.stdout + done.stderr).splitlines() if VERSION.search(line)]
-        versions[name] = lines[0].strip() if lines else "?"
-    return versions
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -581,16 +442,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return args
 
 
-def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
-    raise KeyboardInterrupt
-
-
-def collect(tools: Tools, plan: Plan, key: str, tmp: Path) -> Outcome:
+def collect(tools: dict[str, str], plan: Plan, key: str, tmp: Path) -> Outcome:
     outcome = Outcome()
     procs = Processes(tmp)
     try:
-        pki = make_pki(tools.openssl, tmp, key)
+        pki = make_pki(tools["openssl"], tmp, key, SNI)
         ports, servers = start_all(procs, tools, tmp, pki)
+        idle = {name: server.sockets() for name, server in servers.items()}
         ctx = client_context(pki.ca)
         for problem in smoke(ctx, ports):
             outcome.problems.append(problem)
@@ -601,7 +459,7 @@ def collect(tools: Tools, plan: Plan, key: str, tmp: Path) -> Outcome:
             flush=True,
         )
         measure(ctx, ports, plan, outcome)
-        outcome.problems += check_after(servers)
+        outcome.problems += check_after(servers, idle)
         # Read before stopping, so shutdown messages do not count.
         outcome.logs = server_logs(servers)
     finally:
@@ -619,25 +477,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Exit 0: done, no errors; 1: done, but with warnings; 2: could not run."""
     args = parse_args(argv)
     try:
-        tools = find_tools()
+        tools = find_tools(TOOLS, make_target="bench-tls")
     except MissingTool as exc:
         print(f"tls.py: cannot run, {exc}", file=sys.stderr)
         return 2
     if not Path("/proc/net/tcp").exists():
         print("tls.py: cannot run: needs Linux (/proc/net/tcp)", file=sys.stderr)
         return 2
-    signal.signal(signal.SIGTERM, _raise_interrupt)
     started = time.time()
     plan = Plan(args.connections, args.warmup, time.monotonic() + args.max_seconds)
-    try:
-        with tempfile.TemporaryDirectory(prefix="meshgate-bench-tls-") as tmpdir:
-            outcome = collect(tools, plan, args.key, Path(tmpdir))
-    except NotReady as exc:
-        print(f"tls.py: a server did not start: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("tls.py: interrupted; every process started was stopped", file=sys.stderr)
-        return 130
+    outcome = in_tmpdir("tls.py", lambda tmp: collect(tools, plan, args.key, tmp))
+    if isinstance(outcome, int):
+        return outcome
 
     summaries = summarize(outcome)
     print_table(summaries, outcome)
