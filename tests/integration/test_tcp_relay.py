@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import itertools
+import os
 import random
 import socket
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
+import pytest
+
+from meshgate import aio
 from tests.integration.harness import free_port, running, wait_for
 
 MB = 1024 * 1024
@@ -48,17 +53,65 @@ async def _send_and_receive(port: int, total: int, seed: int) -> tuple[str, str,
     return sent.hexdigest(), received, n
 
 
+def _descriptors(pid: int) -> tuple[int, int]:
+    """(open descriptors, of which pipes) of process `pid`."""
+    fds, pipes = 0, 0
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        with contextlib.suppress(OSError):  # closed meanwhile
+            fds += 1
+            pipes += os.readlink(f"/proc/{pid}/fd/{fd}").startswith("pipe:")
+    return fds, pipes
+
+
+@contextlib.asynccontextmanager
+async def _most_pipes(pid: int) -> AsyncIterator[list[int]]:
+    """Samples the process's pipe descriptors while the block runs: [most
+    seen beyond those it had before (the event loop's own)]."""
+    before = _descriptors(pid)[1]
+    most = [0]
+
+    async def sample() -> None:
+        while True:
+            most[0] = max(most[0], _descriptors(pid)[1] - before)
+            await asyncio.sleep(0.01)
+
+    sampler = aio.spawn(sample(), name="pipe sampler")
+    try:
+        yield most
+    finally:
+        await aio.cancel_and_wait([sampler])
+
+
 async def test_100_mb_byte_exact_both_ways(
     socat_server: Callable[[str], int], tmp_path: Path
 ) -> None:
     echo = socat_server("EXEC:cat")
     port = free_port()
     with running(["--ingress", f"tcp:{port}:127.0.0.1:{echo}"], tmp_path) as mg:
-        sent, received, n = await _send_and_receive(port, 100 * MB, seed=1)
+        idle = _descriptors(mg.proc.pid)
+        async with _most_pipes(mg.proc.pid) as most:
+            sent, received, n = await _send_and_receive(port, 100 * MB, seed=1)
         assert n == 100 * MB
         assert received == sent
         wait_for(lambda: mg.metric("meshgate_bytes_in_total") >= 100 * MB, "bytes_in metric")
         assert mg.metric("meshgate_bytes_out_total") >= 100 * MB
+        # A bulk flow both ways: both directions went through splice, a pipe
+        # (two descriptors) each; once closed, every descriptor is released.
+        assert most[0] == 4
+        wait_for(lambda: _descriptors(mg.proc.pid) == idle, "descriptors released")
+
+
+async def test_splice_can_be_switched_off(
+    socat_server: Callable[[str], int], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MESHGATE_SPLICE", "0")
+    echo = socat_server("EXEC:cat")
+    port = free_port()
+    with running(["--ingress", f"tcp:{port}:127.0.0.1:{echo}"], tmp_path) as mg:
+        async with _most_pipes(mg.proc.pid) as most:
+            sent, received, n = await _send_and_receive(port, 20 * MB, seed=6)
+        assert (n, received) == (20 * MB, sent)
+        assert most[0] == 0
 
 
 async def test_half_close_client_still_receives_reply(

@@ -54,7 +54,7 @@ class _Builtin(asyncio.Protocol):
         tr.set_write_buffer_limits(settings.WRITE_HIGH_WATER, settings.WRITE_LOW_WATER)
         self.client = client_text(tr)
         connection_opened(self.listener, self)
-        self.idle = IdleTimer(self._loop, self.pool.timeouts.idle, self._idle)
+        self.idle = IdleTimer(self._loop, self.pool.timeouts.idle, self._idle, self.listener.timers)
 
     def _idle(self) -> None:
         self.reason = "idle_timeout"

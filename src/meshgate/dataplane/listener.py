@@ -22,6 +22,7 @@ from enum import Enum
 from typing import Any, Protocol, runtime_checkable
 
 from meshgate import settings
+from meshgate.aio import Deadlines
 from meshgate.dataplane.certs import TlsStore
 from meshgate.obs.metrics import Metrics
 from meshgate.routing.table import ListenerSpec, hostport
@@ -100,12 +101,13 @@ class Traffic:
         self._flushed_out = 0
 
     def flush(self, metrics: Metrics, listener: str, backend: str) -> None:
-        if self.bytes_in != self._flushed_in:
-            metrics.bytes_in.labels(listener, backend).inc(self.bytes_in - self._flushed_in)
-            self._flushed_in = self.bytes_in
-        if self.bytes_out != self._flushed_out:
-            metrics.bytes_out.labels(listener, backend).inc(self.bytes_out - self._flushed_out)
-            self._flushed_out = self.bytes_out
+        bytes_in, bytes_out = self.bytes_in, self.bytes_out
+        if bytes_in != self._flushed_in or bytes_out != self._flushed_out:
+            metrics.add_bytes(
+                listener, backend, bytes_in - self._flushed_in, bytes_out - self._flushed_out
+            )
+            self._flushed_in = bytes_in
+            self._flushed_out = bytes_out
 
 
 class Tracked(Protocol):
@@ -139,6 +141,8 @@ class Listener(ABC):
         self._done_out = 0
         self._idle = asyncio.Event()
         self._idle.set()
+        self.timers = Deadlines()  # its connections' timeouts
+        self.loop: asyncio.AbstractEventLoop | None = None  # set by start()
         self.ctx.metrics.listener_up.labels(spec.name).set(0)
 
     # -- lifecycle ---------------------------------------------------------
@@ -150,6 +154,7 @@ class Listener(ABC):
 
     async def start(self) -> None:
         """Bind and start serving; on failure the state is FAILED and `error` says why."""
+        self.loop = asyncio.get_running_loop()
         try:
             await self._bind()
         except OSError as exc:

@@ -12,6 +12,15 @@ straight to the other transport's `write`. What the relay guarantees:
 - idle timeout, and one log line with bytes and duration when it ends;
 - an error in one connection closes that connection only.
 
+A direction that turns out to be a bulk flow (SPLICE_AFTER bytes in large
+reads) moves to `splice.Splice`: zero-copy through a kernel pipe, with the
+same guarantees; small-message traffic never does (splice costs latency).
+
+The per-connection path is kept short because new connections per second
+is where a Python relay is weakest: no Task (`Connecting` drives the
+upstream connect from callbacks), metric children looked up once per label
+set, the client's address formatted only when a log line needs it.
+
 TCP_NODELAY needs no code: uvloop sets it on every TCP transport.
 """
 
@@ -22,11 +31,13 @@ import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING, cast
 
-from meshgate import aio, settings
+from meshgate import settings
+from meshgate.aio import Deadline, Deadlines
+from meshgate.dataplane import splice
 from meshgate.dataplane.listener import Tracked, Traffic, client_text
 from meshgate.protocols.proxy_protocol import encode_v1, encode_v2
 from meshgate.routing.table import ListenerSpec, PoolSpec
-from meshgate.upstream.connect import NoEndpointAvailable, connect
+from meshgate.upstream.connect import Connecting, NoEndpointAvailable
 from meshgate.upstream.pool import EndpointState
 
 if TYPE_CHECKING:
@@ -38,9 +49,9 @@ log = logging.getLogger("meshgate.tcp")
 def connection_opened(listener: Listener, conn: Tracked) -> None:
     """Bookkeeping for an accepted TCP connection (relayed or built-in)."""
     listener.track(conn)
-    metrics = listener.ctx.metrics
-    metrics.connections.labels(listener.spec.name, conn.backend).inc()
-    metrics.connections_active.labels(listener.spec.name, conn.backend).inc()
+    children = listener.ctx.metrics.conn_children(listener.spec.name, conn.backend)
+    children.opened.inc()
+    children.active.inc()
 
 
 def connection_ended(
@@ -53,10 +64,10 @@ def connection_ended(
     """
     name = listener.spec.name
     metrics = listener.ctx.metrics
-    metrics.connections_active.labels(name, conn.backend).dec()
+    metrics.conn_children(name, conn.backend).active.dec()
     listener.untrack(conn)
     if reason not in ("eof", "no_upstream"):
-        metrics.connection_errors.labels(name, reason).inc()
+        metrics.connection_error(name, reason)
     if log.isEnabledFor(logging.INFO):
         log.info(
             "connection closed",
@@ -96,42 +107,86 @@ class IdleTimer:
     """Fires `on_idle` once `timeout` seconds pass with no `touch()`.
 
     One timer per connection, re-armed only when it fires (not on every
-    chunk): the hot path only stores a timestamp.
+    chunk): the hot path only stores a timestamp. On the listener's
+    `Deadlines` when given (cheaper than a loop timer; at most 1/64 of the
+    timeout late), else on the loop.
     """
 
-    __slots__ = ("_handle", "_loop", "_on_idle", "_timeout", "last")
+    __slots__ = ("_handle", "_loop", "_on_idle", "_timeout", "_timers", "last")
 
     def __init__(
-        self, loop: asyncio.AbstractEventLoop, timeout: float, on_idle: Callable[[], None]
+        self,
+        loop: asyncio.AbstractEventLoop,
+        timeout: float,
+        on_idle: Callable[[], None],
+        timers: Deadlines | None = None,
     ) -> None:
         self._loop = loop
         self._timeout = timeout
         self._on_idle = on_idle
+        self._timers = timers
         self.last = loop.time()
-        self._handle = loop.call_later(timeout, self._check)
+        self._handle = self._later(timeout)
+
+    def _later(self, delay: float) -> asyncio.TimerHandle | Deadline:
+        if self._timers is not None:
+            return self._timers.call_later(delay, self._check)
+        return self._loop.call_later(delay, self._check)
 
     def _check(self) -> None:
         remaining = self.last + self._timeout - self._loop.time()
         if remaining <= 0:
             self._on_idle()
         else:
-            self._handle = self._loop.call_later(remaining, self._check)
+            self._handle = self._later(remaining)
 
     def cancel(self) -> None:
         self._handle.cancel()
+        self._on_idle = _nothing  # no cycle with its owner left for the collector
+
+
+def _nothing() -> None:
+    pass
+
+
+# Bytes a client may send before its upstream is connected without being
+# paused: more than any request head, less than one of uvloop's reads.
+_EARLY_PAUSE = 64 * 1024
+
+# A direction's `_bulk_*` counter, once it no longer counts: waiting for its
+# destination's write buffer to empty before splicing, or decided for good
+# (spliced, or never: TLS, splice off, the connection ending).
+_ARMING = -2
+_DECIDED = -1
+
+
+def _spliceable(a: asyncio.Transport, b: asyncio.Transport) -> bool:
+    """Both are plain TCP transports: bytes meshgate neither decrypts nor encrypts."""
+    return (
+        a.get_extra_info("ssl_object") is None
+        and b.get_extra_info("ssl_object") is None
+        and a.get_extra_info("socket") is not None
+        and b.get_extra_info("socket") is not None
+    )
 
 
 class Relay(asyncio.Protocol):
-    """The client side of a proxied connection; owns the upstream side too."""
+    """The client side of a proxied connection; owns the upstream side too.
+
+    Bulk directions move to `splice.Splice` (zero-copy) once they have moved
+    SPLICE_AFTER bytes in large reads; see `_bulk_read`.
+    """
 
     __slots__ = (
+        "_bulk_in",
+        "_bulk_out",
         "_connecting",
         "_early",
         "_half_timer",
         "_loop",
+        "_splice",
         "backend",
         "client",
-        "client_addr",
         "client_eof",
         "client_open",
         "closing",
@@ -166,11 +221,10 @@ class Relay(asyncio.Protocol):
         self.peer = peer  # the client as a PROXY header announced it
         self.backend = pool.name
         self.traffic = Traffic()
-        self._loop = asyncio.get_running_loop()
+        self._loop = loop = listener.loop or asyncio.get_running_loop()
         self.client: asyncio.Transport | None = None
         self.upstream: asyncio.Transport | None = None
         self.endpoint: EndpointState | None = None
-        self.client_addr = "-"
         self.client_eof = False
         self.upstream_eof = False
         self.closing = False
@@ -178,40 +232,86 @@ class Relay(asyncio.Protocol):
         self.client_open = False
         self.upstream_open = False
         self.reason = "eof"
-        self.started = self._loop.time()
+        self.started = loop.time()
         self.idle: IdleTimer | None = None
-        self._half_timer: asyncio.TimerHandle | None = None
-        self._connecting: asyncio.Task[None] | None = None
-        # Data that arrived before the upstream connected: uvloop starts
-        # reading right after connection_made, so pausing there is not enough.
-        self._early: list[bytes] = []
+        self._half_timer: Deadline | None = None
+        self._connecting: Connecting | None = None
+        # Data that arrived before the upstream connected (reading pauses
+        # past _EARLY_PAUSE bytes: one read more at most).
+        self._early: list[bytes] | None = None
+        # Bytes each direction moved in large reads (or _ARMING / _DECIDED).
+        bulk = 0 if settings.SPLICE and splice.AVAILABLE else _DECIDED
+        self._bulk_in = bulk
+        self._bulk_out = bulk
+        self._splice: splice.Splice | None = None
+
+    @property
+    def client_addr(self) -> str:
+        """The client as "host:port" (made when asked: only logs need it)."""
+        if self.client is None:
+            return "-"
+        try:
+            return client_text(self.client, self.peer)
+        except (AttributeError, OSError):
+            # uvloop could not read the peer's address when the connection
+            # came (reset at once), and has no socket to ask any more.
+            return "-"
 
     # -- client side (asyncio.Protocol) --------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports implement asyncio.Transport without subclassing it.
         self.client = client = cast(asyncio.Transport, transport)
         self.client_open = True
-        self.client_addr = client_text(client, self.peer)
-        # Nothing is read until the upstream is there to take it.
+        # Reading waits for the upstream where the transport allows (a TLS
+        # terminator's does); uvloop starts reading after connection_made
+        # whatever is asked here, and data_received keeps what comes early.
         client.pause_reading()
         client.set_write_buffer_limits(settings.WRITE_HIGH_WATER, settings.WRITE_LOW_WATER)
-        connection_opened(self.listener, self)
-        self.idle = IdleTimer(self._loop, self.pool.timeouts.idle, self._on_idle)
-        self._connecting = aio.spawn(self._connect(), name=f"connect {self.spec.name}")
+        listener = self.listener
+        connection_opened(listener, self)
+        timers = listener.timers
+        self.idle = IdleTimer(self._loop, self.pool.timeouts.idle, self._on_idle, timers)
+        ctx = listener.ctx
+        connecting = Connecting(
+            self._loop,
+            ctx.pools.get(self.pool),
+            self._upstream_protocol,
+            ctx.metrics,
+            self,
+            tls_for=ctx.tls.client_side,
+            timers=timers,
+        )
+        if connecting.pending:
+            self._connecting = connecting
 
     def data_received(self, data: bytes) -> None:
-        self.traffic.bytes_in += len(data)
+        n = len(data)
+        self.traffic.bytes_in += n
         self.idle.last = self._loop.time()  # type: ignore[union-attr]  # set in connection_made
         upstream = self.upstream
         if upstream is None:
-            # Still connecting: keep this one read and stop reading until then.
-            self._early.append(data)
-            self.client.pause_reading()  # type: ignore[union-attr]
+            # Still connecting: keep what comes (a request, typically), and
+            # stop reading once it is more than a request would be. Not
+            # pausing at the first read saves stopping and restarting the
+            # read (two epoll changes) for nearly every new connection.
+            early = self._early
+            if early is None:
+                self._early = early = [data]
+            else:
+                early.append(data)
+            if sum(map(len, early)) >= _EARLY_PAUSE:
+                self.client.pause_reading()  # type: ignore[union-attr]
             return
         upstream.write(data)
+        if n >= settings.SPLICE_MIN_READ:
+            self._bulk_read(True, n)
 
     def eof_received(self) -> bool:
         self.client_eof = True
+        if self.upstream_eof:
+            # Both sides are done: closing sends our FIN, no shutdown() needed first.
+            self.close()
+            return True
         if self.upstream is not None and self.upstream.can_write_eof():
             self.upstream.write_eof()
         self._after_eof()
@@ -222,7 +322,9 @@ class Relay(asyncio.Protocol):
             self.upstream.pause_reading()
 
     def resume_writing(self) -> None:
-        if self.upstream is not None and not self.upstream_eof:
+        if self._bulk_out == _ARMING:
+            self._splice_direction(False)
+        elif self.upstream is not None and not self.upstream_eof and not self._spliced(False):
             self.upstream.resume_reading()
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -232,6 +334,9 @@ class Relay(asyncio.Protocol):
         self._transport_lost()
 
     # -- upstream side (called by _UpstreamProtocol) -------------------------
+    def _upstream_protocol(self) -> _UpstreamProtocol:
+        return _UpstreamProtocol(self)
+
     def upstream_made(self, transport: asyncio.Transport) -> None:
         if self.closing:
             # The client went away while we were connecting.
@@ -244,19 +349,26 @@ class Relay(asyncio.Protocol):
             transport.write(
                 proxy_header(self.pool.proxy_protocol, self.client, self.peer, self.sni)
             )
-        for data in self._early:
-            transport.write(data)
-        self._early.clear()
+        if self._early is not None:
+            for data in self._early:
+                transport.write(data)
+            self._early = None
         if self.client_eof and transport.can_write_eof():
             transport.write_eof()
 
     def upstream_data(self, data: bytes) -> None:
-        self.traffic.bytes_out += len(data)
+        n = len(data)
+        self.traffic.bytes_out += n
         self.idle.last = self._loop.time()  # type: ignore[union-attr]
         self.client.write(data)  # type: ignore[union-attr]
+        if n >= settings.SPLICE_MIN_READ:
+            self._bulk_read(False, n)
 
     def upstream_eof_received(self) -> bool:
         self.upstream_eof = True
+        if self.client_eof:
+            self.close()
+            return True
         if self.client is not None and self.client.can_write_eof():
             self.client.write_eof()
         self._after_eof()
@@ -267,7 +379,9 @@ class Relay(asyncio.Protocol):
             self.client.pause_reading()
 
     def upstream_resume_writing(self) -> None:
-        if self.client is not None and not self.client_eof:
+        if self._bulk_in == _ARMING:
+            self._splice_direction(True)
+        elif self.client is not None and not self.client_eof and not self._spliced(True):
             self.client.resume_reading()
 
     def upstream_lost(self, exc: Exception | None) -> None:
@@ -278,29 +392,9 @@ class Relay(asyncio.Protocol):
         self.upstream_open = False
         self._transport_lost()
 
-    # -- connect -------------------------------------------------------------
-    async def _connect(self) -> None:
-        ctx = self.listener.ctx
-        pool = ctx.pools.get(self.pool)
-        try:
-            _, _, endpoint = await connect(
-                pool, lambda: _UpstreamProtocol(self), ctx.metrics, ctx.tls.client_side
-            )
-        except NoEndpointAvailable as exc:
-            ctx.metrics.connection_errors.labels(self.spec.name, "no_upstream").inc()
-            log.warning(
-                "no upstream",
-                extra={
-                    "fields": {
-                        "listener": self.spec.name,
-                        "client": self.client_addr,
-                        "error": str(exc),
-                    }
-                },
-            )
-            self.reason = "no_upstream"
-            self.close()
-            return
+    # -- connect (Connecting reports here) -----------------------------------
+    def upstream_connected(self, transport: asyncio.Transport, endpoint: EndpointState) -> None:
+        self._connecting = None
         self.endpoint = endpoint
         if self.finished:
             endpoint.in_flight -= 1
@@ -308,12 +402,118 @@ class Relay(asyncio.Protocol):
         elif not self.closing and self.client is not None and not self.client_eof:
             self.client.resume_reading()
 
+    def upstream_failed(self, error: NoEndpointAvailable) -> None:
+        self._connecting = None
+        self.listener.ctx.metrics.connection_error(self.spec.name, "no_upstream")
+        log.warning(
+            "no upstream",
+            extra={
+                "fields": {
+                    "listener": self.spec.name,
+                    "client": self.client_addr,
+                    "error": str(error),
+                }
+            },
+        )
+        self.reason = "no_upstream"
+        self.close()
+
+    # -- splicing bulk directions (splice.Splice reports here) ---------------
+    def _bulk_read(self, from_client: bool, n: int) -> None:
+        """A large read: the direction may be a bulk flow. Past SPLICE_AFTER
+        bytes of large reads it stops here and moves to splice: its source
+        stops being read in user space, and once its destination's write
+        buffer is empty (resume_writing with limits 0), the kernel takes over."""
+        bulk = self._bulk_in if from_client else self._bulk_out
+        if bulk < 0:
+            return
+        bulk += n
+        if bulk < settings.SPLICE_AFTER:
+            if from_client:
+                self._bulk_in = bulk
+            else:
+                self._bulk_out = bulk
+            return
+        client, upstream = self.client, self.upstream
+        src, dst = (client, upstream) if from_client else (upstream, client)
+        if src is None or dst is None or self.closing or not _spliceable(src, dst):
+            if from_client:
+                self._bulk_in = _DECIDED
+            else:
+                self._bulk_out = _DECIDED
+            return
+        src.pause_reading()
+        if dst.get_write_buffer_size():
+            if from_client:
+                self._bulk_in = _ARMING
+            else:
+                self._bulk_out = _ARMING
+            dst.set_write_buffer_limits(0, 0)  # resume_writing once it is empty
+            return
+        self._splice_direction(from_client)
+
+    def _splice_direction(self, from_client: bool) -> None:
+        if from_client:
+            self._bulk_in = _DECIDED
+        else:
+            self._bulk_out = _DECIDED
+        client, upstream = self.client, self.upstream
+        assert client is not None
+        assert upstream is not None
+        try:
+            sp = self._splice
+            if sp is None:
+                sp = splice.Splice(
+                    self._loop,
+                    self,
+                    client.get_extra_info("socket"),
+                    upstream.get_extra_info("socket"),
+                )
+                self._splice = sp
+            sp.add(from_client)
+        except OSError:
+            # No descriptor or pipe to spare: this direction stays in user space.
+            if self._splice is not None and not self._splice.flows:
+                self._splice.abort()  # our descriptors of the sockets, unused
+                self._splice = None
+            src, dst = (client, upstream) if from_client else (upstream, client)
+            dst.set_write_buffer_limits(settings.WRITE_HIGH_WATER, settings.WRITE_LOW_WATER)
+            if not self.closing and not (self.client_eof if from_client else self.upstream_eof):
+                src.resume_reading()
+
+    def _spliced(self, from_client: bool) -> bool:
+        """Whether that direction's source is read by splice, not by its transport."""
+        return self._splice is not None and self._splice.has(from_client)
+
+    def spliced(self, from_client: bool, n: int) -> None:
+        if from_client:
+            self.traffic.bytes_in += n
+        else:
+            self.traffic.bytes_out += n
+        self.idle.last = self._loop.time()  # type: ignore[union-attr]
+
+    def spliced_eof(self, from_client: bool) -> None:
+        if from_client:
+            self.client_eof = True
+        else:
+            self.upstream_eof = True
+        self._after_eof()
+
+    def spliced_error(self, client_side: bool) -> None:
+        if not self.closing:
+            self.reason = "client_reset" if client_side else "upstream_reset"
+        self.close()
+
+    def _splice_released(self) -> None:
+        if not (self.client_open or self.upstream_open):
+            self._finish()
+
     # -- ending --------------------------------------------------------------
     def _after_eof(self) -> None:
         if self.client_eof and self.upstream_eof:
             self.close()
         elif self._half_timer is None:
-            self._half_timer = self._loop.call_later(
+            self._half_timer = self.listener.timers.call_later(
                 self.pool.timeouts.half_closed, self._on_half_closed_timeout
             )
 
@@ -328,38 +528,50 @@ class Relay(asyncio.Protocol):
     def close(self) -> None:
         """Close both sides after their buffered data is written."""
         self._begin_close()
-        for transport in (self.client, self.upstream):
-            if transport is not None:
-                transport.close()
+        if self._splice is not None:
+            self._splice.close(self._splice_released)  # the pipes' data is written first
+        if self.client is not None:
+            self.client.close()
+        if self.upstream is not None:
+            self.upstream.close()
 
     def abort(self) -> None:
         """Close both sides now, dropping buffered data (deadline reached)."""
         if self.reason == "eof":
             self.reason = "aborted"
         self._begin_close()
-        for transport in (self.client, self.upstream):
-            if transport is not None:
-                transport.abort()
+        if self._splice is not None:
+            self._splice.abort()
+        if self.client is not None:
+            self.client.abort()
+        if self.upstream is not None:
+            self.upstream.abort()
 
     def _begin_close(self) -> None:
         if self.closing:
             return
         self.closing = True
-        if self._connecting is not None and not self._connecting.done():
+        self._bulk_in = self._bulk_out = _DECIDED
+        if self._connecting is not None:
             self._connecting.cancel()
+            self._connecting = None
             # The client transport is the only one; its loss ends the relay.
 
     def _transport_lost(self) -> None:
         if not self.closing:
             # One side is gone: flush what the other still has, then close it.
             self.close()
-        if not (self.client_open or self.upstream_open):
+        if not (self.client_open or self.upstream_open) and (
+            self._splice is None or not self._splice.active
+        ):
             self._finish()
 
     def _finish(self) -> None:
         if self.finished:
             return
         self.finished = True
+        if self._splice is not None:
+            self._splice.abort()  # released already, unless something went wrong
         if self.idle is not None:
             self.idle.cancel()
         if self._half_timer is not None:
@@ -367,7 +579,9 @@ class Relay(asyncio.Protocol):
         if self.endpoint is not None:
             self.endpoint.in_flight -= 1
             self.endpoint = None
-        connection_ended(self.listener, self, self.client_addr, self.started, self.reason)
+        listener = self.listener
+        client = self.client_addr if log.isEnabledFor(logging.INFO) else "-"
+        connection_ended(listener, self, client, self.started, self.reason)
 
 
 class _UpstreamProtocol(asyncio.Protocol):

@@ -141,6 +141,10 @@ class Metrics:
         self._requests: dict[tuple[str, str, int], Any] = {}
         self._durations: dict[tuple[str, str], Any] = {}
         self._upstream_conns: dict[tuple[str, str], Any] = {}
+        # The same for the per-connection metrics of TCP listeners.
+        self._conns: dict[tuple[str, str], ConnChildren] = {}
+        self._conn_errors: dict[tuple[str, str], Any] = {}
+        self._bytes: dict[tuple[str, str, bool], Any] = {}  # bool: inbound
 
     def http_request_done(self, listener: str, route: str, code: int, seconds: float) -> None:
         """Count one answered HTTP request and its duration."""
@@ -162,5 +166,42 @@ class Metrics:
             counter = self._upstream_conns[key] = self.http_upstream_connections.labels(*key)
         counter.inc()
 
+    def conn_children(self, listener: str, backend: str) -> ConnChildren:
+        """The per-connection metrics of one (listener, backend), looked up once."""
+        key = (listener, backend)
+        children = self._conns.get(key)
+        if children is None:
+            children = self._conns[key] = ConnChildren(self, listener, backend)
+        return children
+
+    def add_bytes(self, listener: str, backend: str, bytes_in: int, bytes_out: int) -> None:
+        """Add a connection's (or flow's) byte counts; a zero makes no series."""
+        for inbound, n in ((True, bytes_in), (False, bytes_out)):
+            if n:
+                key = (listener, backend, inbound)
+                counter = self._bytes.get(key)
+                if counter is None:
+                    family = self.bytes_in if inbound else self.bytes_out
+                    counter = self._bytes[key] = family.labels(listener, backend)
+                counter.inc(n)
+
+    def connection_error(self, listener: str, reason: str) -> None:
+        """Count a connection closed because of an error."""
+        key = (listener, reason)
+        counter = self._conn_errors.get(key)
+        if counter is None:
+            counter = self._conn_errors[key] = self.connection_errors.labels(*key)
+        counter.inc()
+
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class ConnChildren:
+    """Label children of one (listener, backend) for connection bookkeeping."""
+
+    __slots__ = ("active", "opened")
+
+    def __init__(self, metrics: Metrics, listener: str, backend: str) -> None:
+        self.opened = metrics.connections.labels(listener, backend)
+        self.active = metrics.connections_active.labels(listener, backend)

@@ -4,6 +4,12 @@ backend's connect timeout, until one accepts.
 Host names are resolved here, at connect time, on every attempt: a
 Kubernetes Service name may point somewhere else tomorrow. Each failure is
 classified into a short reason that becomes a metric label and a log field.
+
+Two forms of the same procedure: the coroutine `connect()`, and `Connecting`,
+which the L4 relay uses once per accepted connection: it drives the loop's
+`create_connection` from future callbacks, without a Task, an
+`asyncio.timeout` or a coroutine of its own (about a tenth of the relay's
+CPU per new connection).
 """
 
 from __future__ import annotations
@@ -12,10 +18,11 @@ import asyncio
 import errno
 import socket
 import ssl
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, Protocol, TypeVar
 
+from meshgate.aio import Deadline, Deadlines
 from meshgate.obs.metrics import Metrics
 from meshgate.routing.table import EndpointAddr, PoolSpec
 from meshgate.upstream.pool import EndpointState, Pool
@@ -66,6 +73,17 @@ def _plain(pool: PoolSpec, addr: EndpointAddr) -> None:
     return None
 
 
+def _failed(
+    pool: Pool, ep: EndpointState, exc: BaseException, metrics: Metrics, now: float
+) -> Attempt:
+    """Bookkeeping for one failed attempt (the endpoint's in-flight count included)."""
+    ep.in_flight -= 1
+    reason = failure_reason(exc)
+    pool.record_failure(ep, now)
+    metrics.connect_failures.labels(pool.spec.name, str(ep.addr), reason).inc()
+    return Attempt(str(ep.addr), reason)
+
+
 async def connect(
     pool: Pool,
     factory: Callable[[], P],
@@ -110,11 +128,7 @@ async def connect(
                         ssl_handshake_timeout=timeout,
                     )
         except (OSError, TimeoutError) as exc:
-            ep.in_flight -= 1
-            reason = failure_reason(exc)
-            attempts.append(Attempt(str(ep.addr), reason))
-            pool.record_failure(ep, loop.time())
-            metrics.connect_failures.labels(spec.name, str(ep.addr), reason).inc()
+            attempts.append(_failed(pool, ep, exc, metrics, loop.time()))
             continue
         except BaseException:
             ep.in_flight -= 1
@@ -123,3 +137,176 @@ async def connect(
             pool.record_success(ep)
         return transport, protocol, ep
     raise NoEndpointAvailable(spec.name, tuple(attempts))
+
+
+class ConnectOwner(Protocol):
+    """Who a `Connecting` reports to: exactly one of these is called, once
+    (neither after `Connecting.cancel()`)."""
+
+    def upstream_connected(self, transport: asyncio.Transport, endpoint: EndpointState) -> None:
+        """Connected to `endpoint`; the caller must decrement its `in_flight`
+        when the connection ends. The protocol's connection_made came first."""
+
+    def upstream_failed(self, error: NoEndpointAvailable) -> None:
+        """No endpoint accepted the connection."""
+
+
+class Connecting:
+    """`connect()` without a Task: the same tries, in the same order, with the
+    same timeout, failover, ejection bookkeeping and metrics, reported to
+    `owner` instead of returned.
+
+    Each attempt's `create_connection` coroutine is stepped by hand: sent
+    into until it waits on a future, and stepped again from that future's
+    done callback. The timeout cancels the future it waits on (uvloop then
+    closes the half-made socket), as `asyncio.timeout` would via the Task.
+    """
+
+    __slots__ = (
+        "_attempts",
+        "_candidates",
+        "_coro",
+        "_ep",
+        "_expired",
+        "_factory",
+        "_loop",
+        "_metrics",
+        "_owner",
+        "_pool",
+        "_timer",
+        "_timers",
+        "_tls_for",
+        "_waiting",
+    )
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        pool: Pool,
+        factory: Callable[[], asyncio.BaseProtocol],
+        metrics: Metrics,
+        owner: ConnectOwner,
+        *,
+        tls_for: TlsFor = _plain,
+        timers: Deadlines | None = None,
+    ) -> None:
+        self._loop = loop
+        self._timers = timers  # for the connect timeout; else a loop timer
+        self._pool = pool
+        self._factory = factory
+        self._metrics = metrics
+        self._owner = owner
+        self._tls_for = tls_for
+        self._candidates: Iterator[EndpointState] = iter(pool.candidates(loop.time()))
+        self._attempts: list[Attempt] | None = None  # made at the first failure
+        self._coro: Coroutine[Any, Any, tuple[asyncio.Transport, Any]] | None = None
+        self._ep: EndpointState | None = None
+        self._timer: asyncio.TimerHandle | Deadline | None = None
+        self._waiting: asyncio.Future[Any] | None = None
+        self._expired = False
+        self._next()
+
+    @property
+    def pending(self) -> bool:
+        """Whether an attempt is still under way (False once the owner was told)."""
+        return self._coro is not None
+
+    def _next(self) -> None:
+        """Start the attempt at the next candidate, or report that none is left."""
+        ep = next(self._candidates, None)
+        if ep is None:
+            self._coro = None
+            spec = self._pool.spec
+            self._owner.upstream_failed(NoEndpointAvailable(spec.name, tuple(self._attempts or ())))
+            return
+        ep.in_flight += 1
+        self._ep = ep
+        spec = self._pool.spec
+        loop = self._loop
+        addr = ep.addr
+        tls = self._tls_for(spec, addr)
+        timeout = spec.timeouts.connect
+        if tls is None:
+            self._coro = loop.create_connection(self._factory, addr.connect_host, addr.port)
+        else:
+            self._coro = loop.create_connection(
+                self._factory,
+                addr.connect_host,
+                addr.port,
+                ssl=tls[0],
+                server_hostname=tls[1] or "",
+                ssl_handshake_timeout=timeout,
+            )
+        self._expired = False
+        timers = self._timers
+        if timers is not None:
+            self._timer = timers.call_later(timeout, self._expire)
+        else:
+            self._timer = loop.call_later(timeout, self._expire)
+        self._step()
+
+    def _step(self, _: object = None) -> None:
+        self._waiting = None
+        coro = self._coro
+        if coro is None:
+            return  # cancelled
+        try:
+            waited = coro.send(None)
+        except StopIteration as done:
+            self._end_attempt()
+            ep = self._ep
+            assert ep is not None
+            self._pool.record_success(ep)
+            transport: asyncio.Transport = done.value[0]
+            self._owner.upstream_connected(transport, ep)
+        except asyncio.CancelledError:
+            # Only our timeout cancels what the attempt waits on.
+            self._attempt_failed(TimeoutError())
+        except Exception as exc:  # OSError and ssl.SSLError above all
+            self._attempt_failed(exc)
+        else:
+            if isinstance(waited, asyncio.Future):
+                self._waiting = waited
+                waited.add_done_callback(self._step)
+                if self._expired:  # the timer fired while no future was waited on
+                    waited.cancel()
+            else:  # a bare yield: just run again
+                self._loop.call_soon(self._step)
+
+    def _expire(self) -> None:
+        self._timer = None
+        self._expired = True
+        if self._waiting is not None:
+            self._waiting.cancel()
+
+    def _end_attempt(self) -> None:
+        self._coro = None
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _attempt_failed(self, exc: BaseException) -> None:
+        self._end_attempt()
+        ep = self._ep
+        assert ep is not None
+        self._ep = None
+        if self._attempts is None:
+            self._attempts = []
+        self._attempts.append(_failed(self._pool, ep, exc, self._metrics, self._loop.time()))
+        self._next()
+
+    def cancel(self) -> None:
+        """Give up (the client went away): the half-made connection is closed
+        and the owner hears nothing more."""
+        coro = self._coro
+        if coro is None:
+            return
+        waiting = self._waiting
+        if waiting is not None:
+            waiting.remove_done_callback(self._step)
+            self._waiting = None
+        self._end_attempt()
+        coro.close()  # uvloop closes the transport it was making
+        if self._ep is not None:
+            self._ep.in_flight -= 1
+            self._ep = None

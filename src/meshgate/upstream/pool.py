@@ -71,6 +71,11 @@ class Pool:
         n = len(eps)
         if n == 0:
             return []
+        if n == 1:
+            # One endpoint: it is tried whatever its health (fail open); the
+            # call still moves an expired ejection on to probing.
+            eps[0].available(now)
+            return [eps[0]]
         if self.spec.balance == "random":
             start = self._random.randrange(n)
         elif self.spec.balance == "least_request" and n > 1:
@@ -89,6 +94,8 @@ class Pool:
         return usable or ordered
 
     def record_success(self, ep: EndpointState) -> None:
+        if ep.health is Health.HEALTHY and not ep.failures and not ep.ejections:
+            return  # nothing to reset (the common case, once per connection)
         ep.failures = 0
         ep.ejections = 0
         ep.health = next_state(ep.health, HealthEvent.SUCCESS)

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
-from collections.abc import AsyncIterator
 
 import pytest
 
@@ -19,54 +18,13 @@ from meshgate.dataplane.listener import BadTransition, Context, State
 from meshgate.dataplane.pipe import Relay
 from meshgate.dataplane.tcp import TcpListener
 from meshgate.obs.metrics import Metrics
-from meshgate.routing.table import (
-    EndpointAddr,
-    ListenerKey,
-    ListenerSpec,
-    PoolSpec,
-    Timeouts,
-    UdpSpec,
-)
 from meshgate.upstream.pool import PoolRegistry
 from tests.unit.dataplane.flood import Flood
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-def make_spec(
-    upstream_port: int, port: int | None = None, builtin: str | None = None
-) -> ListenerSpec:
-    pool = PoolSpec(
-        "up",
-        () if builtin else (EndpointAddr("127.0.0.1", upstream_port),),
-        "round_robin",
-        Timeouts(connect=2.0, idle=30.0, half_closed=10.0),
-        builtin,
-    )
-    key = ListenerKey("127.0.0.1", port or free_port(), "tcp")
-    return ListenerSpec(key, "t", pool, UdpSpec(60.0, 100))
+from tests.unit.dataplane.relay_env import listener_for, make_spec
 
 
 def state_of(listener: TcpListener) -> State:
     return listener.state  # a call, so the type checker does not keep an earlier narrowing
-
-
-@contextlib.asynccontextmanager
-async def listener_for(spec: ListenerSpec) -> AsyncIterator[TcpListener]:
-    ctx = Context(metrics=Metrics(), pools=PoolRegistry(), tls=TlsStore())
-    ctx.pools.reconcile([spec.l4_pool])
-    listener = TcpListener(spec, ctx)
-    await listener.start()
-    assert listener.state is State.SERVING
-    try:
-        yield listener
-    finally:
-        await listener.drain(asyncio.get_running_loop().time() + 1)
 
 
 async def test_slow_client_pauses_upstream_reading() -> None:
@@ -189,3 +147,41 @@ async def test_hello_backend_keep_alive_and_bad_request() -> None:
                 break
             await asyncio.sleep(0.01)
         assert listener.ctx.metrics.connection_errors.labels("t", "bad_request")._value.get() == 1
+
+
+async def test_data_sent_while_connecting_is_bounded() -> None:
+    # The upstream never answers the SYN (its accept queue is full): a client
+    # that sends meanwhile is paused once it has sent more than a request,
+    # instead of having everything held in meshgate.
+    hole = socket.socket()
+    hole.bind(("127.0.0.1", 0))
+    hole.listen(0)
+    fillers = []
+    for _ in range(8):
+        filler = socket.socket()
+        filler.setblocking(False)
+        with contextlib.suppress(BlockingIOError):
+            filler.connect(hole.getsockname())
+        fillers.append(filler)
+    try:
+        spec = make_spec(hole.getsockname()[1])
+        async with listener_for(spec) as listener:
+            _, writer = await asyncio.open_connection("127.0.0.1", spec.key.port)
+            sent = 0
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(0.5):
+                    while sent < 64 * 1024 * 1024:
+                        writer.write(b"e" * 65536)
+                        sent += 65536
+                        await writer.drain()
+            assert sent < 64 * 1024 * 1024, "client writes never blocked"
+            (relay,) = listener.live
+            assert isinstance(relay, Relay)
+            assert relay.upstream is None
+            held = sum(map(len, relay._early or ()))
+            assert 0 < held <= 64 * 1024 + 256 * 1024  # the limit, and one read more at most
+            writer.close()
+    finally:
+        for filler in fillers:
+            filler.close()
+        hole.close()

@@ -1,4 +1,4 @@
-"""connect(): failover order, timeout, and failure reasons, on real sockets."""
+"""connect() and Connecting: failover order, timeout, and failure reasons, on real sockets."""
 
 from __future__ import annotations
 
@@ -9,10 +9,11 @@ from collections.abc import Iterator
 
 import pytest
 
+from meshgate.aio import Deadlines
 from meshgate.obs.metrics import Metrics
 from meshgate.routing.table import EndpointAddr, PoolSpec, Timeouts
-from meshgate.upstream.connect import NoEndpointAvailable, connect, failure_reason
-from meshgate.upstream.pool import Pool
+from meshgate.upstream.connect import Connecting, NoEndpointAvailable, connect, failure_reason
+from meshgate.upstream.pool import EndpointState, Pool
 
 
 def closed_port() -> int:
@@ -102,3 +103,104 @@ def test_failure_reasons() -> None:
     assert failure_reason(socket.gaierror()) == "dns"
     assert failure_reason(OSError(113, "No route to host")) == "unreachable"
     assert failure_reason(OSError(1, "x")) == "error"
+
+
+# -- Connecting: the same procedure without a Task (the L4 relay's) -----------
+class Owner:
+    """Records what a Connecting reports; `done` is set at the first report."""
+
+    def __init__(self) -> None:
+        self.connected: list[tuple[asyncio.Transport, EndpointState]] = []
+        self.failed: list[NoEndpointAvailable] = []
+        self.done = asyncio.Event()
+
+    def upstream_connected(self, transport: asyncio.Transport, endpoint: EndpointState) -> None:
+        self.connected.append((transport, endpoint))
+        self.done.set()
+
+    def upstream_failed(self, error: NoEndpointAvailable) -> None:
+        self.failed.append(error)
+        self.done.set()
+
+
+@pytest.mark.parametrize("timers", [False, True], ids=["loop-timer", "deadlines"])
+async def test_connecting_fails_over_times_out_and_counts(timers: bool) -> None:
+    metrics = Metrics()
+    dead = closed_port()
+    made: list[asyncio.Protocol] = []
+
+    def factory() -> asyncio.Protocol:
+        made.append(asyncio.Protocol())
+        return made[-1]
+
+    with syn_black_hole() as hole, listening() as live:
+        p = pool(("127.0.0.1", dead), ("127.0.0.1", hole), ("127.0.0.1", live), connect_timeout=0.3)
+        owner = Owner()
+        loop = asyncio.get_running_loop()
+        connecting = Connecting(
+            loop, p, factory, metrics, owner, timers=Deadlines() if timers else None
+        )
+        assert connecting.pending
+        await asyncio.wait_for(owner.done.wait(), 5)
+        assert not connecting.pending
+        ((transport, ep),) = owner.connected
+        transport.close()
+    assert owner.failed == []
+    assert ep.addr.port == live
+    assert [e.in_flight for e in p.endpoints] == [0, 0, 1]
+    assert [e.failures for e in p.endpoints] == [1, 1, 0]
+    reasons = {
+        port: metrics.connect_failures.labels("b", f"127.0.0.1:{port}", reason)._value.get()
+        for port, reason in ((dead, "refused"), (hole, "timeout"))
+    }
+    assert reasons == {dead: 1, hole: 1}
+
+
+async def test_connecting_reports_every_attempt_when_none_accepts() -> None:
+    a, b = closed_port(), closed_port()
+    owner = Owner()
+    loop = asyncio.get_running_loop()
+    p = pool(("127.0.0.1", a), ("127.0.0.1", b))
+    Connecting(loop, p, asyncio.Protocol, Metrics(), owner)
+    await asyncio.wait_for(owner.done.wait(), 5)
+    (error,) = owner.failed
+    assert [x.reason for x in error.attempts] == ["refused", "refused"]
+    assert owner.connected == []
+    assert [e.in_flight for e in p.endpoints] == [0, 0]
+
+
+async def test_connecting_without_endpoints_fails_at_once() -> None:
+    owner = Owner()
+    connecting = Connecting(asyncio.get_running_loop(), pool(), asyncio.Protocol, Metrics(), owner)
+    assert not connecting.pending
+    (error,) = owner.failed
+    assert error.attempts == ()
+
+
+async def test_connecting_cancelled_closes_the_attempt_and_reports_nothing() -> None:
+    with syn_black_hole() as hole:
+        p = pool(("127.0.0.1", hole), connect_timeout=0.2)
+        owner = Owner()
+        timers = Deadlines()
+        connecting = Connecting(
+            asyncio.get_running_loop(), p, asyncio.Protocol, Metrics(), owner, timers=timers
+        )
+        await asyncio.sleep(0.05)
+        connecting.cancel()
+        assert not connecting.pending
+        assert p.endpoints[0].in_flight == 0
+        assert len(timers) == 0  # the connect timeout went with it
+        await asyncio.sleep(0.4)  # past the timeout: nothing more happens
+    assert not owner.done.is_set()
+    assert p.endpoints[0].failures == 0
+
+
+async def test_connecting_a_name() -> None:
+    with listening() as live:
+        owner = Owner()
+        p = pool(("localhost", live))
+        Connecting(asyncio.get_running_loop(), p, asyncio.Protocol, Metrics(), owner)
+        await asyncio.wait_for(owner.done.wait(), 5)
+        ((transport, ep),) = owner.connected
+        transport.close()
+    assert ep.addr.host == "localhost"
