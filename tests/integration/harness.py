@@ -28,11 +28,20 @@ import pytest
 WAIT = 15.0  # seconds any single condition may take before the test fails
 
 
+_HANDED_OUT: set[int] = set()
+
+
 def free_port(kind: int = socket.SOCK_STREAM) -> int:
-    with socket.socket(socket.AF_INET, kind) as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
+    """A port nothing listens on now, never one handed out before in this
+    run: the kernel may offer a just-released port twice, and a test that
+    asks for two ports (a listener and the admin server) must get two."""
+    while True:
+        with socket.socket(socket.AF_INET, kind) as s:
+            s.bind(("127.0.0.1", 0))
+            port: int = s.getsockname()[1]
+        if port not in _HANDED_OUT:
+            _HANDED_OUT.add(port)
+            return port
 
 
 def wait_for(condition: Callable[[], bool], what: str, timeout: float = WAIT) -> None:
