@@ -153,18 +153,11 @@ class Metrics:
         if counter is None:
             counter = self._requests[key] = self.http_requests.labels(listener, route, str(code))
         counter.inc()
-        timing = self._durations.get(key[:2])
-        if timing is None:
-            timing = self._durations[key[:2]] = self.http_duration.labels(listener, route)
-        timing.observe(seconds)
+        _child(self._durations, self.http_duration, (listener, route)).observe(seconds)
 
     def http_upstream_connection(self, backend: str, kind: str) -> None:
         """Count an upstream connection used for a request ("new" or "reused")."""
-        key = (backend, kind)
-        counter = self._upstream_conns.get(key)
-        if counter is None:
-            counter = self._upstream_conns[key] = self.http_upstream_connections.labels(*key)
-        counter.inc()
+        _child(self._upstream_conns, self.http_upstream_connections, (backend, kind)).inc()
 
     def conn_children(self, listener: str, backend: str) -> ConnChildren:
         """The per-connection metrics of one (listener, backend), looked up once."""
@@ -187,14 +180,18 @@ class Metrics:
 
     def connection_error(self, listener: str, reason: str) -> None:
         """Count a connection closed because of an error."""
-        key = (listener, reason)
-        counter = self._conn_errors.get(key)
-        if counter is None:
-            counter = self._conn_errors[key] = self.connection_errors.labels(*key)
-        counter.inc()
+        _child(self._conn_errors, self.connection_errors, (listener, reason)).inc()
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+def _child(cache: dict[Any, Any], family: Any, labels: tuple[str, ...]) -> Any:
+    """`family.labels(*labels)`, looked up in `cache` after the first time."""
+    child = cache.get(labels)
+    if child is None:
+        child = cache[labels] = family.labels(*labels)
+    return child
 
 
 class ConnChildren:
