@@ -114,6 +114,7 @@ class Supervisor:
         self._failed: int | None = None  # exit status of a worker that failed at start
         self._stop = asyncio.Event()
         self._session: aiohttp.ClientSession | None = None
+        self.admin_address: str | None = None  # where our admin server listens
 
     # -- lifecycle ----------------------------------------------------------------
     async def run(self) -> int:
@@ -156,8 +157,6 @@ class Supervisor:
                 await admin.stop()
             await self._session.close()
             shutil.rmtree(self._dir, ignore_errors=True)
-
-    admin_address: str | None = None
 
     async def _spawn(self, worker: Worker) -> None:
         with contextlib.suppress(FileNotFoundError):
