@@ -5,11 +5,11 @@ Host names are resolved here, at connect time, on every attempt: a
 Kubernetes Service name may point somewhere else tomorrow. Each failure is
 classified into a short reason that becomes a metric label and a log field.
 
-Two forms of the same procedure: the coroutine `connect()`, and `Connecting`,
-which the L4 relay uses once per accepted connection: it drives the loop's
-`create_connection` from future callbacks, without a Task, an
-`asyncio.timeout` or a coroutine of its own (about a tenth of the relay's
-CPU per new connection).
+`Connecting` is the procedure. The L4 relay uses it as is, once per
+accepted connection: it drives the loop's `create_connection` from future
+callbacks, without a Task, an `asyncio.timeout` or a coroutine of its own
+(about a tenth of the relay's CPU per new connection). `connect()` awaits
+it, for callers that are coroutines anyway (the HTTP exchange).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import socket
 import ssl
 from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import dataclass
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol, TypeVar, cast
 
 from meshgate.aio import Deadline, Deadlines
 from meshgate.obs.metrics import Metrics
@@ -94,7 +94,8 @@ async def connect(
     connect_timeout: float | None = None,
     success_is_connect: bool = True,
 ) -> tuple[asyncio.Transport, P, EndpointState]:
-    """Open a connection to the first endpoint of `pool` that accepts one.
+    """`Connecting` as a coroutine: the connection to the first endpoint of
+    `pool` that accepts one, or NoEndpointAvailable.
 
     With `tls_for` answering a context, the connection is TLS and counts as
     made only once the handshake (and certificate check) succeeded.
@@ -104,39 +105,42 @@ async def connect(
     (`success_is_connect=False`), so one that accepts and then answers garbage
     is ejected. The caller
     must decrement `in_flight` of the returned endpoint when the connection ends.
+    Cancelled, it closes the connection it was making.
     """
     loop = asyncio.get_running_loop()
-    spec = pool.spec
-    timeout = connect_timeout or spec.timeouts.connect
-    attempts: list[Attempt] = []
-    for ep in candidates if candidates is not None else pool.candidates(loop.time()):
-        ep.in_flight += 1
-        tls = tls_for(spec, ep.addr)
-        try:
-            async with asyncio.timeout(timeout):
-                if tls is None:
-                    transport, protocol = await loop.create_connection(
-                        factory, ep.addr.connect_host, ep.addr.port
-                    )
-                else:
-                    transport, protocol = await loop.create_connection(
-                        factory,
-                        ep.addr.connect_host,
-                        ep.addr.port,
-                        ssl=tls[0],
-                        server_hostname=tls[1] or "",
-                        ssl_handshake_timeout=timeout,
-                    )
-        except (OSError, TimeoutError) as exc:
-            attempts.append(_failed(pool, ep, exc, metrics, loop.time()))
-            continue
-        except BaseException:
-            ep.in_flight -= 1
-            raise
-        if success_is_connect:
-            pool.record_success(ep)
-        return transport, protocol, ep
-    raise NoEndpointAvailable(spec.name, tuple(attempts))
+    owner = _Awaited(loop.create_future())
+    attempt = Connecting(
+        loop,
+        pool,
+        factory,
+        metrics,
+        owner,
+        tls_for=tls_for,
+        candidates=candidates,
+        connect_timeout=connect_timeout,
+        success_is_connect=success_is_connect,
+    )
+    try:
+        transport, ep = await owner.done
+    except asyncio.CancelledError:
+        attempt.cancel()
+        raise
+    return transport, cast(P, transport.get_protocol()), ep
+
+
+class _Awaited:
+    """A ConnectOwner that hands the outcome to a future."""
+
+    __slots__ = ("done",)
+
+    def __init__(self, done: asyncio.Future[tuple[asyncio.Transport, EndpointState]]) -> None:
+        self.done = done
+
+    def upstream_connected(self, transport: asyncio.Transport, endpoint: EndpointState) -> None:
+        self.done.set_result((transport, endpoint))
+
+    def upstream_failed(self, error: NoEndpointAvailable) -> None:
+        self.done.set_exception(error)
 
 
 class ConnectOwner(Protocol):
@@ -152,9 +156,9 @@ class ConnectOwner(Protocol):
 
 
 class Connecting:
-    """`connect()` without a Task: the same tries, in the same order, with the
-    same timeout, failover, ejection bookkeeping and metrics, reported to
-    `owner` instead of returned.
+    """Try the endpoints in order, each with the connect timeout, until one
+    accepts; count failures (ejection, metrics) and report the outcome to
+    `owner`, without a Task.
 
     Each attempt's `create_connection` coroutine is stepped by hand: sent
     into until it waits on a future, and stepped again from that future's
@@ -166,6 +170,7 @@ class Connecting:
         "_attempts",
         "_candidates",
         "_coro",
+        "_count_success",
         "_ep",
         "_expired",
         "_factory",
@@ -173,6 +178,7 @@ class Connecting:
         "_metrics",
         "_owner",
         "_pool",
+        "_timeout",
         "_timer",
         "_timers",
         "_tls_for",
@@ -189,6 +195,9 @@ class Connecting:
         *,
         tls_for: TlsFor = _plain,
         timers: Deadlines | None = None,
+        candidates: list[EndpointState] | None = None,
+        connect_timeout: float | None = None,
+        success_is_connect: bool = True,
     ) -> None:
         self._loop = loop
         self._timers = timers  # for the connect timeout; else a loop timer
@@ -197,7 +206,10 @@ class Connecting:
         self._metrics = metrics
         self._owner = owner
         self._tls_for = tls_for
-        self._candidates: Iterator[EndpointState] = iter(pool.candidates(loop.time()))
+        order = candidates if candidates is not None else pool.candidates(loop.time())
+        self._candidates: Iterator[EndpointState] = iter(order)
+        self._timeout = connect_timeout or pool.spec.timeouts.connect
+        self._count_success = success_is_connect
         self._attempts: list[Attempt] | None = None  # made at the first failure
         self._coro: Coroutine[Any, Any, tuple[asyncio.Transport, Any]] | None = None
         self._ep: EndpointState | None = None
@@ -225,7 +237,7 @@ class Connecting:
         loop = self._loop
         addr = ep.addr
         tls = self._tls_for(spec, addr)
-        timeout = spec.timeouts.connect
+        timeout = self._timeout
         if tls is None:
             self._coro = loop.create_connection(self._factory, addr.connect_host, addr.port)
         else:
@@ -256,7 +268,8 @@ class Connecting:
             self._end_attempt()
             ep = self._ep
             assert ep is not None
-            self._pool.record_success(ep)
+            if self._count_success:
+                self._pool.record_success(ep)
             transport: asyncio.Transport = done.value[0]
             self._owner.upstream_connected(transport, ep)
         except asyncio.CancelledError:
