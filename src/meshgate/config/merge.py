@@ -173,7 +173,7 @@ def merge(parts: Sequence[tuple[str, Config]]) -> Config:
 
     Listeners and backends are concatenated in source order. A backend
     defined identically in two sources is kept once; any other repeat of a
-    name, an overlapping listener, or two different `admin`/`drain_timeout`
+    name, an overlapping listener, or two different `admin`/`drain_timeout`/`limits`
     values is an error naming both sources.
     """
     problems: list[ConfigProblem] = []
@@ -223,6 +223,7 @@ def merge(parts: Sequence[tuple[str, Config]]) -> Config:
     drain = _one_value("drain_timeout", [(s, c.drain_timeout) for s, c in parts], problems)
     mesh = _one_value("mesh", [(s, c.mesh) for s, c in parts], problems)
     ingress = _one_value("ingress", [(s, c.ingress) for s, c in parts], problems)
+    limits = _one_value("limits", [(s, c.limits) for s, c in parts], problems)
     resolve: dict[str, str] = {}
     resolve_origin: dict[str, str] = {}
     for source, config in parts:
@@ -244,6 +245,7 @@ def merge(parts: Sequence[tuple[str, Config]]) -> Config:
         resolve=resolve,
         mesh=mesh,
         ingress=ingress,
+        limits=limits,
     )
 
 

@@ -138,9 +138,38 @@ class Endpoint(_Frozen):
         return format_hostport(self.host, self.port)
 
 
+_SIZE = re.compile(r"^\s*(\d+)\s*(k|ki|kib|kb|m|mi|mib|mb|g|gi|gib|gb)?\s*$", re.IGNORECASE)
+_SIZE_UNIT = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
+
+
+def parse_size(value: object) -> int:
+    """Accept 65536, "64Ki", "64KiB", "512Mi", "1Gi" (also k/M/G, binary
+    multiples as Kubernetes' Ki/Mi/Gi); return bytes."""
+    if isinstance(value, bool):
+        raise ValueError("expected a size like 65536, 64Ki or 512Mi")
+    if isinstance(value, int):
+        size = value
+    elif isinstance(value, str) and (m := _SIZE.match(value)):
+        unit = m.group(2)
+        size = int(m.group(1)) * (_SIZE_UNIT[unit[0].lower()] if unit else 1)
+    else:
+        raise ValueError(f"expected a size like 65536, 64Ki or 512Mi, got {value!r}")
+    if size < 0:
+        raise ValueError("a size cannot be negative")
+    return size
+
+
+ByteSize = Annotated[int, BeforeValidator(parse_size)]
+Count = Annotated[int, Field(ge=1, strict=True)]
+Rate = Annotated[float, Field(gt=0, allow_inf_nan=False)]
+Fraction = Annotated[float, Field(gt=0, le=1, allow_inf_nan=False)]
+Percent = Annotated[int, Field(ge=0, le=100, strict=True)]
+StatusCode = Annotated[int, Field(ge=100, le=599, strict=True)]
+
+
 class Timeouts(_Frozen):
     connect: Duration = 5.0
-    idle: Duration = 3600.0
+    idle: Duration = 3600.0  # also ends a relay whose reader takes nothing (no progress)
     half_closed: Duration = 60.0
 
 
@@ -214,6 +243,47 @@ class UpstreamTls(_Frozen):
     alpn: tuple[str, ...] = ()
 
 
+class Outlier(_Frozen):
+    """Passive outlier detection: failures in a row eject an endpoint for a
+    period that doubles with each ejection in a row (Envoy's outlier
+    detection), never more than `max_ejected_percent` of the pool at once."""
+
+    consecutive_failures: Count = 3
+    base_ejection: Duration = 10.0
+    max_ejection: Duration = 300.0
+    max_ejected_percent: Percent = 50
+
+
+HealthCheckType = Literal["tcp", "tls", "http"]
+
+
+class HealthCheck(_Frozen):
+    """Active health checks of every endpoint of a backend: a TCP connect, a
+    TLS handshake, or an HTTP GET answered with an expected status."""
+
+    type: HealthCheckType = "tcp"
+    interval: Duration = 10.0
+    timeout: Duration = 2.0
+    healthy_threshold: Count = 2  # successes in a row that bring an endpoint back
+    unhealthy_threshold: Count = 3  # failures in a row that take it out
+    path: str = "/"  # http
+    host: ExactName | None = None  # http: the Host header (default: the endpoint's host)
+    expect_status: tuple[StatusCode, ...] = ()  # http: empty means 200-399
+
+    @field_validator("path")
+    @classmethod
+    def _path(cls, value: str) -> str:
+        return check_path(value)
+
+    @model_validator(mode="after")
+    def _shape(self) -> HealthCheck:
+        if self.type != "http" and (self.path != "/" or self.host or self.expect_status):
+            raise ValueError(f"a {self.type} check takes no 'path', 'host' or 'expect_status'")
+        if self.timeout > self.interval:
+            raise ValueError("'timeout' cannot be longer than 'interval'")
+        return self
+
+
 class Backend(_Frozen):
     """A pool of endpoints, or a built-in responder (`hello`, `echo`)."""
 
@@ -227,6 +297,8 @@ class Backend(_Frozen):
     # Endpoints come from discovery (EndpointSlices) and may be none right now:
     # such a backend answers 503 (HTTP) or refuses (TCP) instead of being an error.
     allow_empty: bool = False
+    outlier: Outlier = Outlier()
+    health_check: HealthCheck | None = None
 
     @model_validator(mode="after")
     def _one_kind(self) -> Backend:
@@ -234,8 +306,8 @@ class Backend(_Frozen):
             raise ValueError("a backend needs 'endpoints' or 'builtin'")
         if self.builtin is not None and self.endpoints:
             raise ValueError("'endpoints' and 'builtin' exclude each other")
-        if self.builtin is not None and (self.tls or self.proxy_protocol):
-            raise ValueError("a builtin backend takes no 'tls' or 'proxy_protocol'")
+        if self.builtin is not None and (self.tls or self.proxy_protocol or self.health_check):
+            raise ValueError("a builtin backend takes no 'tls', 'proxy_protocol' or 'health_check'")
         return self
 
 
@@ -378,6 +450,8 @@ class HttpOptions(_Frozen):
     header_timeout: Duration = 10.0  # the whole request head, from its first byte
     keepalive_timeout: Duration = 75.0  # idle client connection between requests
     read_timeout: Duration = 60.0  # upstream response, default for routes
+    body_timeout: Duration = 60.0  # request body: longest wait for its next bytes
+    send_timeout: Duration = 60.0  # response: longest a client may take no bytes of it
     # Clients whose own X-Forwarded-* / X-Request-ID headers are kept;
     # from anyone else they are replaced.
     trusted_proxies: tuple[Network, ...] = ()
@@ -397,6 +471,20 @@ class UdpOptions(_Frozen):
     max_flows: Annotated[int, Field(ge=1, le=1_000_000)] = 10_000
 
 
+class ClientLimits(_Frozen):
+    """Limits per client IP address (the one a trusted PROXY header announced)."""
+
+    max_connections: Count | None = None  # open at once; more are closed at accept
+    connection_rate: Rate | None = None  # new connections per second (token bucket)
+    request_rate: Rate | None = None  # http/https requests per second; past it 429
+    burst: Count | None = None  # bucket size of both rates (default: twice the rate)
+
+
+class ListenerLimits(_Frozen):
+    max_connections: Count | None = None  # open at once; past it the listener stops accepting
+    per_client: ClientLimits | None = None
+
+
 class Listener(_Frozen):
     """A socket meshgate listens on and the backend it forwards to."""
 
@@ -411,6 +499,10 @@ class Listener(_Frozen):
     udp: UdpOptions = UdpOptions()
     proxy_protocol: ProxyProtocolAccept | None = None  # tcp and tls
     dns_name: ExactName | None = None  # served by the mesh DNS responder
+    # Client CIDRs allowed to connect (empty: everyone); others are closed at
+    # accept, before any upstream work.
+    allow: tuple[Network, ...] = ()
+    limits: ListenerLimits = ListenerLimits()
 
     @model_validator(mode="after")
     def _shape(self) -> Listener:
@@ -518,6 +610,39 @@ class IngressSettings(_Frozen):
     https_listen: ListenAddress | None = None
 
 
+class Overload(_Frozen):
+    """Staged overload response, as fractions of `max_connections` and of
+    `memory_limit` (whichever is higher): first keep-alive is turned off,
+    then new HTTP requests get 503, then listeners stop accepting."""
+
+    disable_keepalive: Fraction = 0.80
+    reject_requests: Fraction = 0.90
+    stop_accepting: Fraction = 0.95
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Overload:
+        if not self.disable_keepalive <= self.reject_requests <= self.stop_accepting:
+            raise ValueError("expected disable_keepalive <= reject_requests <= stop_accepting")
+        return self
+
+
+class GlobalLimits(_Frozen):
+    """Process-wide limits: what keeps meshgate up when clients do not behave."""
+
+    # Client connections open at once, all listeners together. Default: what
+    # the descriptor limit allows with `fd_reserve` kept free, two
+    # descriptors per proxied connection.
+    max_connections: Count | None = None
+    fd_reserve: Count = 256  # descriptors kept for upstream connects, admin, DNS, logs
+    # Resident memory the overload stages are measured against. Default: the
+    # cgroup's memory.max when there is one, else memory is not watched.
+    memory_limit: ByteSize | None = None
+    # Bytes buffered per connection and direction before the other side
+    # stops reading (backpressure).
+    connection_buffer: Annotated[ByteSize, Field(ge=4096, le=16 << 20)] = 64 << 10
+    overload: Overload = Overload()
+
+
 class Config(_Frozen):
     """A whole configuration; cross-references are checked by `merge.validate`."""
 
@@ -530,3 +655,4 @@ class Config(_Frozen):
     resolve: dict[ExactName, IpAddress] = Field(default_factory=dict)
     mesh: MeshOptions | None = None
     ingress: IngressSettings | None = None
+    limits: GlobalLimits | None = None

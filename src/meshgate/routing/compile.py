@@ -16,7 +16,10 @@ from meshgate.config.model import (
     AUTO,
     Backend,
     Certificate,
+    ClientLimits,
     Config,
+    GlobalLimits,
+    HealthCheck,
     HttpOptions,
     HttpRoute,
     Listener,
@@ -25,12 +28,16 @@ from meshgate.config.model import (
 from meshgate.routing.http_match import index_routes
 from meshgate.routing.table import (
     CertRef,
+    ClientLimitsSpec,
     EndpointAddr,
+    GlobalLimitsSpec,
+    HealthCheckSpec,
     HttpLimits,
     HttpRoutes,
     HttpRouteSpec,
     ListenerKey,
     ListenerSpec,
+    OutlierSpec,
     PoolSpec,
     ProxyAcceptSpec,
     RouteTable,
@@ -68,7 +75,24 @@ def compile_table(
                 f"listener {listener.name!r} binds 'auto' but no mesh address was detected"
             )
         listeners.extend(_listener(listener, address, pools) for address in mesh_addresses)
-    return RouteTable(version=version, listeners=tuple(listeners), sources=sources)
+    return RouteTable(
+        version=version,
+        listeners=tuple(listeners),
+        sources=sources,
+        limits=_global_limits(config.limits or GlobalLimits()),
+    )
+
+
+def _global_limits(limits: GlobalLimits) -> GlobalLimitsSpec:
+    return GlobalLimitsSpec(
+        max_connections=limits.max_connections,
+        fd_reserve=limits.fd_reserve,
+        memory_limit=limits.memory_limit,
+        connection_buffer=limits.connection_buffer,
+        disable_keepalive=limits.overload.disable_keepalive,
+        reject_requests=limits.overload.reject_requests,
+        stop_accepting=limits.overload.stop_accepting,
+    )
 
 
 def needs_mesh(config: Config) -> bool:
@@ -97,6 +121,28 @@ def _pool(backend: Backend, resolve: Mapping[str, str]) -> PoolSpec:
             else None
         ),
         proxy_protocol=backend.proxy_protocol,
+        outlier=OutlierSpec(
+            consecutive_failures=backend.outlier.consecutive_failures,
+            base_ejection=backend.outlier.base_ejection,
+            max_ejection=backend.outlier.max_ejection,
+            max_ejected_percent=backend.outlier.max_ejected_percent,
+        ),
+        health_check=_health_check(backend.health_check),
+    )
+
+
+def _health_check(check: HealthCheck | None) -> HealthCheckSpec | None:
+    if check is None:
+        return None
+    return HealthCheckSpec(
+        type=check.type,
+        interval=check.interval,
+        timeout=check.timeout,
+        healthy_threshold=check.healthy_threshold,
+        unhealthy_threshold=check.unhealthy_threshold,
+        path=check.path,
+        host=check.host,
+        expect_status=check.expect_status,
     )
 
 
@@ -182,6 +228,8 @@ def _http_routes(listener: Listener, pools: dict[str, PoolSpec]) -> HttpRoutes:
             trusted_proxies=tuple(ipaddress.ip_network(n) for n in options.trusted_proxies),
             https_port=options.https_port,
             access_log=options.access_log,
+            body_timeout=options.body_timeout,
+            send_timeout=options.send_timeout,
         ),
     )
 
@@ -237,4 +285,18 @@ def _listener(listener: Listener, address: str, pools: dict[str, PoolSpec]) -> L
             if listener.proxy_protocol is not None
             else None
         ),
+        allow=tuple(ipaddress.ip_network(net) for net in listener.allow),
+        max_connections=listener.limits.max_connections,
+        per_client=_client_limits(listener.limits.per_client),
+    )
+
+
+def _client_limits(limits: ClientLimits | None) -> ClientLimitsSpec | None:
+    if limits is None:
+        return None
+    return ClientLimitsSpec(
+        max_connections=limits.max_connections,
+        connection_rate=limits.connection_rate,
+        request_rate=limits.request_rate,
+        burst=limits.burst,
     )

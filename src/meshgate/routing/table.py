@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
 Protocol = Literal["tcp", "udp", "tls", "http", "https"]
@@ -85,6 +85,30 @@ class Timeouts:
 
 
 @dataclass(frozen=True, slots=True)
+class OutlierSpec:
+    """Passive ejection: failures in a row, the doubling period, the share cap."""
+
+    consecutive_failures: int = 3
+    base_ejection: float = 10.0
+    max_ejection: float = 300.0
+    max_ejected_percent: int = 50
+
+
+@dataclass(frozen=True, slots=True)
+class HealthCheckSpec:
+    """An active check of each endpoint: tcp connect, tls handshake or http GET."""
+
+    type: str  # tcp | tls | http
+    interval: float
+    timeout: float
+    healthy_threshold: int
+    unhealthy_threshold: int
+    path: str = "/"
+    host: str | None = None  # http Host; None: the endpoint's host
+    expect_status: tuple[int, ...] = ()  # empty: 200-399
+
+
+@dataclass(frozen=True, slots=True)
 class PoolSpec:
     """A backend: where to send traffic and how. Pools are keyed by `name`."""
 
@@ -95,6 +119,8 @@ class PoolSpec:
     builtin: str | None = None  # "hello" | "echo": answered in-process
     tls: UpstreamTlsSpec | None = None  # re-originate TLS to the endpoints
     proxy_protocol: str | None = None  # "v1" | "v2": header sent before any data
+    outlier: OutlierSpec = OutlierSpec()
+    health_check: HealthCheckSpec | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -183,6 +209,8 @@ class HttpLimits:
     trusted_proxies: tuple[IpNetwork, ...]
     https_port: int
     access_log: bool
+    body_timeout: float = 60.0  # request body: longest wait for its next bytes
+    send_timeout: float = 60.0  # response: longest the client may take no bytes
 
 
 DEFAULT_ROUTE_LABEL = "default"  # the `route` label of requests the default backend takes
@@ -205,6 +233,30 @@ class HttpRoutes:
 
 
 @dataclass(frozen=True, slots=True)
+class ClientLimitsSpec:
+    """Per client IP address; None: no limit of that kind."""
+
+    max_connections: int | None = None
+    connection_rate: float | None = None  # per second
+    request_rate: float | None = None  # per second (http/https)
+    burst: int | None = None  # token bucket size; None: twice the rate
+
+
+@dataclass(frozen=True, slots=True)
+class GlobalLimitsSpec:
+    """Process-wide limits (config `limits`); None fields are derived at run
+    time (descriptor limit, cgroup memory)."""
+
+    max_connections: int | None = None
+    fd_reserve: int = 256
+    memory_limit: int | None = None
+    connection_buffer: int = 64 << 10
+    disable_keepalive: float = 0.80
+    reject_requests: float = 0.90
+    stop_accepting: float = 0.95
+
+
+@dataclass(frozen=True, slots=True)
 class ListenerSpec:
     key: ListenerKey
     name: str
@@ -215,6 +267,9 @@ class ListenerSpec:
     dns_name: str | None = None  # a mesh DNS name answering with this listener's address
     http: HttpRoutes | None = None  # http, https
     certs: ServerCerts | None = None  # https
+    allow: tuple[IpNetwork, ...] = ()  # client ranges accepted; empty: every client
+    max_connections: int | None = None  # open at once on this listener
+    per_client: ClientLimitsSpec | None = None
 
     @property
     def l4_pool(self) -> PoolSpec:
@@ -245,6 +300,7 @@ class RouteTable:
     version: int
     listeners: tuple[ListenerSpec, ...]
     sources: tuple[str, ...] = ()
+    limits: GlobalLimitsSpec = GlobalLimitsSpec()
     _by_key: dict[ListenerKey, ListenerSpec] = field(
         init=False, repr=False, compare=False, hash=False
     )
@@ -268,6 +324,7 @@ class RouteTable:
         return {
             "version": self.version,
             "sources": list(self.sources),
+            "limits": _limits_json(self.limits),
             "listeners": [
                 {
                     "name": spec.name,
@@ -291,6 +348,17 @@ class RouteTable:
                         else {}
                     ),
                     **({"http": _http_json(spec.http)} if spec.http is not None else {}),
+                    **({"allow": [str(n) for n in spec.allow]} if spec.allow else {}),
+                    **(
+                        {"max_connections": spec.max_connections}
+                        if spec.max_connections is not None
+                        else {}
+                    ),
+                    **(
+                        {"per_client": _drop_none(asdict(spec.per_client))}
+                        if spec.per_client is not None
+                        else {}
+                    ),
                     **({"certificates": _certs_json(spec.certs)} if spec.certs is not None else {}),
                     **(
                         {
@@ -327,10 +395,24 @@ class RouteTable:
                         "idle": pool.timeouts.idle,
                         "half_closed": pool.timeouts.half_closed,
                     },
+                    "outlier": asdict(pool.outlier),
+                    "health_check": (
+                        asdict(pool.health_check) if pool.health_check is not None else None
+                    ),
                 }
                 for pool in self.pools.values()
             ],
         }
+
+
+def _drop_none(data: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in data.items() if v is not None}
+
+
+def _limits_json(limits: GlobalLimitsSpec) -> dict[str, Any]:
+    out = asdict(limits)
+    overload = {k: out.pop(k) for k in ("disable_keepalive", "reject_requests", "stop_accepting")}
+    return {**out, "overload": overload}
 
 
 def _route_json(route: TlsRouteSpec) -> dict[str, Any]:

@@ -109,7 +109,7 @@ def test_unknown_top_level_key_lists_the_allowed_ones() -> None:
     assert problem.field == "xyzzy"
     assert problem.reason == (
         "unknown key 'xyzzy'; expected one of: "
-        "listeners, backends, admin, drain_timeout, resolve, mesh, ingress"
+        "listeners, backends, admin, drain_timeout, resolve, mesh, ingress, limits"
     )
     assert problem.line == 2
 
