@@ -24,6 +24,7 @@ from typing import Any, Protocol, runtime_checkable
 from meshgate import settings
 from meshgate.aio import Deadlines
 from meshgate.dataplane.certs import TlsStore
+from meshgate.dataplane.overload import OverloadState
 from meshgate.obs.metrics import Metrics
 from meshgate.routing.table import ListenerSpec, hostport
 from meshgate.upstream.http_conn import KeepAlive
@@ -61,6 +62,7 @@ class Context:
     pools: PoolRegistry
     tls: TlsStore
     keepalive: KeepAlive = field(default_factory=KeepAlive)  # idle upstream HTTP connections
+    overload: OverloadState = field(default_factory=OverloadState)  # read on the hot path
 
 
 def client_text(transport: asyncio.BaseTransport, announced: tuple[str, int] | None = None) -> str:

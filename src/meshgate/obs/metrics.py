@@ -132,6 +132,41 @@ class Metrics:
             ("backend", "kind"),
             registry=r,
         )
+        self.connections_refused = Counter(
+            "meshgate_connections_refused",
+            "Connections closed at accept, by reason (not_allowed, listener_limit, "
+            "global_limit, client_limit, client_rate, overload)",
+            ("listener", "reason"),
+            registry=r,
+        )
+        self.listener_accepting = Gauge(
+            "meshgate_listener_accepting",
+            "1 while a listener takes new connections, 0 while paused at a limit",
+            ("listener",),
+            registry=r,
+        )
+        self.overload_stage = Gauge(
+            "meshgate_overload_stage",
+            "0 normal, 1 keep-alive off, 2 new HTTP requests get 503, 3 not accepting",
+            registry=r,
+        )
+        self.resident_memory = Gauge(
+            "meshgate_resident_memory_bytes",
+            "Resident memory of this process, as the overload stages measure it",
+            registry=r,
+        )
+        self.health_checks = Counter(
+            "meshgate_health_checks",
+            "Active health checks of endpoints, by result",
+            ("backend", "endpoint", "result"),
+            registry=r,
+        )
+        self.endpoint_ejections = Counter(
+            "meshgate_endpoint_ejections",
+            "Endpoints ejected by outlier detection (consecutive failures)",
+            ("backend", "endpoint"),
+            registry=r,
+        )
         self.reloads = Counter(
             "meshgate_reloads", "Configuration reloads, by result", ("result",), registry=r
         )
@@ -145,6 +180,7 @@ class Metrics:
         self._conns: dict[tuple[str, str], ConnChildren] = {}
         self._conn_errors: dict[tuple[str, str], Any] = {}
         self._bytes: dict[tuple[str, str, bool], Any] = {}  # bool: inbound
+        self._refused: dict[tuple[str, str], Any] = {}
 
     def http_request_done(self, listener: str, route: str, code: int, seconds: float) -> None:
         """Count one answered HTTP request and its duration."""
@@ -181,6 +217,10 @@ class Metrics:
     def connection_error(self, listener: str, reason: str) -> None:
         """Count a connection closed because of an error."""
         _child(self._conn_errors, self.connection_errors, (listener, reason)).inc()
+
+    def connection_refused(self, listener: str, reason: str) -> None:
+        """Count a connection closed at accept by a limit or an allow-list."""
+        _child(self._refused, self.connections_refused, (listener, reason)).inc()
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
