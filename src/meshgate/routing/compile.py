@@ -65,21 +65,22 @@ def compile_table(
     """
     # One PoolSpec per backend, shared by every listener that uses it.
     pools = {backend.name: _pool(backend, config.resolve) for backend in config.backends}
+    limits = config.limits or GlobalLimits()
     listeners: list[ListenerSpec] = []
     for listener in config.listeners:
         if listener.address != AUTO:
-            listeners.append(_listener(listener, listener.address, pools))
+            listeners.append(_listener(listener, listener.address, pools, limits))
             continue
         if not mesh_addresses:
             raise ValueError(
                 f"listener {listener.name!r} binds 'auto' but no mesh address was detected"
             )
-        listeners.extend(_listener(listener, address, pools) for address in mesh_addresses)
+        listeners.extend(_listener(listener, address, pools, limits) for address in mesh_addresses)
     return RouteTable(
         version=version,
         listeners=tuple(listeners),
         sources=sources,
-        limits=_global_limits(config.limits or GlobalLimits()),
+        limits=_global_limits(limits),
     )
 
 
@@ -267,7 +268,9 @@ def _sni_routes(listener: Listener, pools: dict[str, PoolSpec]) -> SniRoutes:
     )
 
 
-def _listener(listener: Listener, address: str, pools: dict[str, PoolSpec]) -> ListenerSpec:
+def _listener(
+    listener: Listener, address: str, pools: dict[str, PoolSpec], limits: GlobalLimits
+) -> ListenerSpec:
     return ListenerSpec(
         key=ListenerKey(address, listener.port, listener.protocol),
         name=listener.name,
@@ -288,6 +291,7 @@ def _listener(listener: Listener, address: str, pools: dict[str, PoolSpec]) -> L
         allow=tuple(ipaddress.ip_network(net) for net in listener.allow),
         max_connections=listener.limits.max_connections,
         per_client=_client_limits(listener.limits.per_client),
+        buffer_limit=limits.connection_buffer,
     )
 
 

@@ -270,6 +270,9 @@ class ListenerSpec:
     allow: tuple[IpNetwork, ...] = ()  # client ranges accepted; empty: every client
     max_connections: int | None = None  # open at once on this listener
     per_client: ClientLimitsSpec | None = None
+    # Bytes buffered per connection and direction before the other side stops
+    # reading (the table's limits.connection_buffer, copied for the hot path).
+    buffer_limit: int = 64 << 10
 
     @property
     def l4_pool(self) -> PoolSpec:
