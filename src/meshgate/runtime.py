@@ -191,7 +191,9 @@ class Runtime:
 
     def report_skipped(self) -> None:
         """Log what sources skipped (invalid Kubernetes objects) and ignored."""
-        for problem in self.skipped()["problems"]:
+        problems = self.skipped()["problems"]
+        self.prom.objects_skipped.set(len(problems))
+        for problem in problems:
             log.warning("object skipped", extra={"fields": {"problem": problem}})
         for note in self.skipped()["notes"]:
             log.info("object ignored", extra={"fields": {"note": note}})
@@ -564,12 +566,17 @@ class Runtime:
     def config(self) -> dict[str, Any]:
         return self.table.to_json()
 
-    def metrics(self) -> bytes:
+    def _refresh(self) -> None:
+        """Bring scrape-time figures up to date."""
         self.dataplane.flush()
+        self.prom.objects_skipped.set(len(self.skipped()["problems"]))
+
+    def metrics(self) -> bytes:
+        self._refresh()
         return self.prom.render()
 
     def metric_families(self) -> Iterable[Metric]:
-        self.dataplane.flush()
+        self._refresh()
         return list(self.prom.registry.collect())
 
     def recent_errors(self) -> dict[str, Any]:

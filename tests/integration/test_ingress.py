@@ -834,6 +834,8 @@ def test_unknown_meshgate_annotation_skips_the_ingress(gw: Gateway, tmp_path: Pa
     assert any("Ingress default/typo" in p and "meshgate.io/foo" in p for p in skipped)
     logged = [e["problem"] for e in gw.mg.events("object skipped")]
     assert any("Ingress default/typo" in p for p in logged)
+    # ... and counts it, for an alert.
+    assert gw.mg.metric("meshgate_config_objects_skipped") == len(skipped)
 
 
 # --- errors -------------------------------------------------------------------------------

@@ -167,6 +167,12 @@ class Metrics:
             ("backend", "endpoint"),
             registry=r,
         )
+        self.objects_skipped = Gauge(
+            "meshgate_config_objects_skipped",
+            "Objects of the configuration sources skipped as invalid (manifests, "
+            "Kubernetes objects); `meshgate status` and the log say which and why",
+            registry=r,
+        )
         self.reloads = Counter(
             "meshgate_reloads", "Configuration reloads, by result", ("result",), registry=r
         )
