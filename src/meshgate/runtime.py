@@ -103,6 +103,29 @@ def resolve_options(
     return admin, drain
 
 
+def process_json() -> dict[str, Any]:
+    """What a leak would show: tasks, descriptors, resident memory."""
+    try:
+        fds: int | None = len(os.listdir("/proc/self/fd"))
+    except OSError:  # not Linux
+        fds = None
+    return {
+        "pid": os.getpid(),
+        "tasks": len(asyncio.all_tasks()),
+        "open_fds": fds,
+        "rss": resident_bytes(),
+    }
+
+
+def resident_bytes() -> int | None:
+    """Resident set size from /proc/self/statm (one read, no parsing of status)."""
+    try:
+        with open("/proc/self/statm", "rb") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 class Runtime:
     def __init__(
         self,
@@ -549,6 +572,7 @@ class Runtime:
             "mesh": self._mesh_json(),
             "dns": self._dns_json(),
             "skipped": self.skipped(),
+            "process": process_json(),
         }
 
     def _dns_json(self) -> dict[str, Any] | None:
@@ -570,6 +594,10 @@ class Runtime:
         """Bring scrape-time figures up to date."""
         self.dataplane.flush()
         self.prom.objects_skipped.set(len(self.skipped()["problems"]))
+        process = process_json()
+        self.prom.tasks.set(process["tasks"])
+        if process["open_fds"] is not None:
+            self.prom.open_fds.set(process["open_fds"])
 
     def metrics(self) -> bytes:
         self._refresh()

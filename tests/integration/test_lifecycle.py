@@ -111,3 +111,27 @@ def test_sigterm_drain_deadline_closes_the_rest(tmp_path: Path) -> None:
         conn.close()
     finally:
         mg.stop()
+
+
+def test_status_and_metrics_show_what_a_leak_would_show(tmp_path: Path) -> None:
+    port = free_port()
+    config = tmp_path / "mg.yaml"
+    _config(config, {"echo": port})
+    with running(["-c", str(config)], tmp_path) as mg:
+        before = mg.json("/status")["process"]
+        assert before["pid"] == mg.proc.pid
+        held = [socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(20)]
+        for s in held:
+            assert _echo(s, b"x") == b"x"
+        during = mg.json("/status")["process"]
+        # Each held connection is a descriptor of meshgate's (builtin echo: one each).
+        assert during["open_fds"] >= before["open_fds"] + 20
+        assert mg.metric("meshgate_open_fds") >= before["open_fds"] + 20
+        for s in held:
+            s.close()
+        wait_for(
+            lambda: mg.json("/status")["process"]["open_fds"] <= before["open_fds"],
+            "descriptors back to where they were",
+        )
+        assert mg.metric("meshgate_asyncio_tasks") == mg.json("/status")["process"]["tasks"]
+        assert before["rss"] > 10 << 20

@@ -167,6 +167,14 @@ class Metrics:
             ("backend", "endpoint"),
             registry=r,
         )
+        self.open_fds = Gauge(
+            "meshgate_open_fds", "File descriptors this process has open", registry=r
+        )
+        self.tasks = Gauge(
+            "meshgate_asyncio_tasks",
+            "asyncio tasks alive (a count that grows with no traffic is a leak)",
+            registry=r,
+        )
         self.objects_skipped = Gauge(
             "meshgate_config_objects_skipped",
             "Objects of the configuration sources skipped as invalid (manifests, "
