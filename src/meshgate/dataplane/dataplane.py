@@ -5,27 +5,97 @@ stop accepting at once (freeing their port) and drain in the background; new
 ones bind; the rest get the new spec for their next connection. A failed bind
 is reported and does not stop the others. Upstream pools are reconciled by
 backend name, so their health survives the swap.
+
+The data plane also owns the overload sampler: one task, every
+SAMPLE_INTERVAL, that measures client connections (all TCP-based listeners)
+against the global cap and resident memory against the memory limit, sets
+the overload stage the listeners read (`ctx.overload`), and pauses or
+resumes accepting (`Admission.reconcile`). The global cap and the memory
+limit are worked out at each `apply` from the table's `limits`, the
+descriptor limit and the cgroup.
 """
 
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
+import os
+import resource
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from meshgate import aio
+from meshgate.dataplane.admission import (
+    NO_CAP,
+    Figures,
+    Thresholds,
+    cgroup_dirs,
+    cgroup_path,
+    global_cap,
+    memory_max,
+    next_stage,
+)
 from meshgate.dataplane.certs import TlsStore
 from meshgate.dataplane.http_listener import HttpListener, HttpsListener
 from meshgate.dataplane.listener import Context, Listener, State
+from meshgate.dataplane.overload import Stage
+from meshgate.dataplane.stream import StreamListener
 from meshgate.dataplane.tcp import TcpListener
 from meshgate.dataplane.tls_listener import TlsListener
 from meshgate.dataplane.udp import UdpListener
 from meshgate.obs.metrics import Metrics
-from meshgate.routing.table import ListenerKey, ListenerSpec, RouteTable
+from meshgate.routing.table import GlobalLimitsSpec, ListenerKey, ListenerSpec, RouteTable
 from meshgate.upstream.pool import PoolRegistry
 
 log = logging.getLogger("meshgate.dataplane")
+
+# Seconds between overload samples: a surge of connections or memory is met
+# within a second, and a sample (one read of /proc/self/statm, a few
+# comparisons per listener) costs nothing at this rate.
+SAMPLE_INTERVAL = 0.5
+
+CGROUP_ROOT = Path("/sys/fs/cgroup")  # where cgroup v2 is mounted
+
+
+def descriptor_limit() -> int | None:
+    """The soft RLIMIT_NOFILE; None when unlimited."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    return None if soft == resource.RLIM_INFINITY else soft
+
+
+def resident_memory() -> int:
+    """Resident set size in bytes, from /proc/self/statm (one small read,
+    no parsing of /proc/self/status). Raises OSError when it cannot be
+    read: not Linux, or (EMFILE) no descriptor left to open it with."""
+    with open("/proc/self/statm", "rb") as f:
+        fields = f.read().split()
+    try:
+        return int(fields[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, IndexError) as exc:
+        raise OSError(f"unexpected /proc/self/statm: {fields!r}") from exc
+
+
+def cgroup_memory_limit(root: Path | None = None) -> int | None:
+    """The lowest cgroup v2 memory.max on the way from this process's
+    cgroup (from /proc/self/cgroup) up to the mount's root; None without a
+    limit. Inside a container the mount's root is usually the container's
+    own cgroup, whose memory.max is the container's limit."""
+    try:
+        own = cgroup_path(Path("/proc/self/cgroup").read_text())
+    except OSError:
+        own = None
+    mount = root or CGROUP_ROOT
+    found: list[int] = []
+    for rel in cgroup_dirs(own):
+        try:
+            limit = memory_max((mount / rel / "memory.max").read_text())
+        except OSError:
+            continue  # not this process's view of the hierarchy, or no limit file
+        if limit is not None:
+            found.append(limit)
+    return min(found, default=None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,12 +119,18 @@ def _make(spec: ListenerSpec, ctx: Context) -> Listener:
 
 class Dataplane:
     def __init__(self, metrics: Metrics, drain_timeout: float) -> None:
-        self.ctx = Context(metrics=metrics, pools=PoolRegistry(), tls=TlsStore())
+        self.ctx = Context(metrics=metrics, pools=PoolRegistry(metrics), tls=TlsStore())
         self.drain_timeout = drain_timeout
         self.table: RouteTable | None = None
         self.listeners: dict[ListenerKey, Listener] = {}
         # Removed listeners still finishing their connections.
         self._retiring: dict[Listener, asyncio.Task[None]] = {}
+        # Overload: what the stages are measured against, and the last sample.
+        self.memory_limit: int | None = None
+        self.thresholds = Thresholds()
+        self.rss: int | None = None
+        self._out_of_fds = False  # said so in the log, until a sample succeeds
+        self._sampler: asyncio.Task[None] | None = None
 
     async def apply(self, table: RouteTable) -> list[BindFailure]:
         """Make the running listeners match `table`; return the binds that failed.
@@ -66,6 +142,7 @@ class Dataplane:
         wanted = table.keys
         for key in [k for k in self.listeners if k not in wanted]:
             self._retire(self.listeners.pop(key), loop.time() + self.drain_timeout)
+        self._set_limits(table.limits)
         self.ctx.pools.reconcile(table.pools.values())
         failures: list[BindFailure] = []
         for spec in table.listeners:
@@ -80,7 +157,124 @@ class Dataplane:
                 failures.append(BindFailure(spec.name, str(spec.key), listener.error or ""))
         self.table = table
         self.ctx.metrics.table_version.set(table.version)
+        if self._sampler is None:
+            self.sample()  # the stage is known before the first interval ends
+            self._sampler = aio.spawn(self._sampling(), name="overload sampler")
         return failures
+
+    # -- limits and overload ---------------------------------------------------
+    def _set_limits(self, limits: GlobalLimitsSpec) -> None:
+        """The global cap and memory limit for `limits` (the descriptor limit
+        and the cgroup are read again: either may have changed)."""
+        admission = self.ctx.admission
+        cap = global_cap(limits, descriptor_limit())
+        memory = limits.memory_limit if limits.memory_limit is not None else cgroup_memory_limit()
+        thresholds = Thresholds.of(limits)
+        changed = (cap, memory, thresholds) != (
+            admission.total.cap,
+            self.memory_limit,
+            self.thresholds,
+        )
+        admission.total.cap = cap
+        self.memory_limit = memory
+        self.thresholds = thresholds
+        if changed:
+            admission.schedule()  # a listener may pause or resume under the new cap
+            log.info(
+                "admission limits",
+                extra={
+                    "fields": {
+                        "max_connections": None if cap == NO_CAP else cap,
+                        "memory_limit": memory,
+                        "disable_keepalive": thresholds.disable_keepalive,
+                        "reject_requests": thresholds.reject_requests,
+                        "stop_accepting": thresholds.stop_accepting,
+                    }
+                },
+            )
+
+    def figures(self) -> Figures:
+        total = self.ctx.admission.total
+        return Figures(total.open, total.cap, self.rss, self.memory_limit)
+
+    def sample(self) -> None:
+        """Measure, set the overload stage, pause or resume listeners."""
+        metrics = self.ctx.metrics
+        try:
+            self.rss = resident_memory()
+        except OSError as exc:  # keep the last figure
+            self._unmeasured(exc)
+        else:
+            self._out_of_fds = False
+            metrics.resident_memory.set(self.rss)
+        figures = self.figures()
+        load, reason = figures.load()
+        state = self.ctx.overload
+        previous = state.stage
+        stage = next_stage(previous, load, self.thresholds)
+        state.stage = stage
+        state.reason = reason if stage else ""
+        if stage != previous:
+            metrics.overload_stage.set(int(stage))
+            log.warning(
+                "overload stage changed",
+                extra={
+                    "fields": {
+                        "stage": stage.name.lower(),
+                        "previous": previous.name.lower(),
+                        "reason": reason,
+                        "load": round(load, 3),
+                        **self._figures_json(figures),
+                    }
+                },
+            )
+        for listener in self.listeners.values():
+            if isinstance(listener, StreamListener):
+                listener.report_resumed()
+            elif (stage >= Stage.STOP_ACCEPTING) != (previous >= Stage.STOP_ACCEPTING):
+                # UDP: new flows are dropped at stage 3 (the gauge says so too).
+                accepting = 1 if listener.accepting else 0
+                metrics.listener_accepting.labels(listener.spec.name).set(accepting)
+        # Stage 3 pauses every listener and a lower stage resumes them; this
+        # also retries a resume that ran out of descriptors.
+        self.ctx.admission.reconcile()
+
+    def _unmeasured(self, exc: OSError) -> None:
+        """The statm read failed. Out of descriptors, it is also the one sign
+        of exhaustion there is: the accept loop (libuv) drops the queued
+        connections it cannot take without telling anyone."""
+        if exc.errno not in (errno.EMFILE, errno.ENFILE) or self._out_of_fds:
+            return
+        self._out_of_fds = True  # one line until the next read succeeds
+        log.warning(
+            "out of file descriptors",
+            extra={
+                "fields": {
+                    "error": exc.strerror,
+                    "descriptor_limit": descriptor_limit(),
+                    **self._figures_json(self.figures()),
+                }
+            },
+        )
+
+    async def _sampling(self) -> None:
+        while True:
+            await asyncio.sleep(SAMPLE_INTERVAL)
+            try:
+                self.sample()
+            except Exception:  # the next sample may do better; never end the loop
+                log.exception("overload sample failed")
+
+    @staticmethod
+    def _figures_json(figures: Figures) -> dict[str, Any]:
+        return {
+            "connections": figures.connections,
+            "max_connections": (
+                None if figures.max_connections == NO_CAP else figures.max_connections
+            ),
+            "rss": figures.rss,
+            "memory_limit": figures.memory_limit,
+        }
 
     def _retire(self, listener: Listener, deadline: float) -> None:
         listener.begin_drain()
@@ -91,6 +285,9 @@ class Dataplane:
     async def shutdown(self) -> None:
         """Drain every listener (SIGTERM): stop accepting everywhere, wait for
         established connections up to the drain deadline, close the rest."""
+        if self._sampler is not None:  # it would resume what the drain pauses
+            await aio.cancel_and_wait([self._sampler])
+            self._sampler = None
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.drain_timeout
         for listener in self.listeners.values():
@@ -99,6 +296,7 @@ class Dataplane:
         await asyncio.gather(*waits, *self._retiring.values())
         self.listeners.clear()
         self.ctx.keepalive.close_all()
+        await self.ctx.pools.close()
 
     def flush(self) -> None:
         """Bring byte counters and endpoint health in /metrics up to date
@@ -131,4 +329,9 @@ class Dataplane:
             "version": self.table.version if self.table else 0,
             "listeners": [lst.to_json() for lst in [*self.listeners.values(), *self._retiring]],
             "backends": [pool.to_json() for pool in self.ctx.pools],
+            "overload": {
+                "stage": self.ctx.overload.stage.name.lower(),
+                "reason": self.ctx.overload.reason,
+                **self._figures_json(self.figures()),
+            },
         }

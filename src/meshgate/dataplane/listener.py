@@ -9,20 +9,33 @@ connections finish until the deadline, then abort what is left.
 Each listener keeps the `ListenerSpec` that new connections use; `swap()`
 replaces it. Connections take the spec at accept time and keep it, so a
 reload never changes an established connection.
+
+Admission (the decisions are in the sans-I/O `admission` module): every
+listener checks new clients against its allow-list and per-client limits
+(`admit_client`); TCP-based listeners also count their open sockets against
+their own cap and the global one (`Admission`, shared through the Context)
+and stop accepting at a cap or at overload stage 3 (see stream.py).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 from abc import ABC, abstractmethod
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, Protocol, runtime_checkable
 
 from meshgate import settings
 from meshgate.aio import Deadlines
+from meshgate.dataplane.admission import (
+    NOT_ALLOWED,
+    ClientLimiter,
+    Slots,
+    allowed,
+    client_ip,
+)
 from meshgate.dataplane.certs import TlsStore
 from meshgate.dataplane.overload import OverloadState
 from meshgate.obs.metrics import Metrics
@@ -54,6 +67,51 @@ class BadTransition(RuntimeError):
     pass
 
 
+class Pausable(Protocol):
+    """A listener that can stop and resume accepting (a TCP-based one)."""
+
+    def reconcile(self) -> None:
+        """Pause or resume accepting, as the counts and the stage now say."""
+
+
+class Admission:
+    """What listeners share to admit connections: the count of client sockets
+    open on all TCP-based listeners against the global cap, and the
+    listeners to pause or resume when that count or the overload stage moves.
+
+    `reconcile()` runs at most once per loop iteration however many
+    connections end in it (`schedule`), and never inside a listener's
+    accept callback, where closing its server would close the socket being
+    accepted as well.
+    """
+
+    __slots__ = ("_scheduled", "_turn", "listeners", "paused", "total")
+
+    def __init__(self) -> None:
+        self.total = Slots()  # the cap is set by the data plane from the table
+        self.paused = 0  # listeners not accepting now (at a cap or overloaded)
+        self.listeners: dict[Pausable, None] = {}  # serving ones, in bind order
+        self._scheduled = False
+        self._turn = 0  # which listener goes first: slots freed under the global cap go round
+
+    def schedule(self) -> None:
+        if not self._scheduled:
+            self._scheduled = True
+            asyncio.get_running_loop().call_soon(self.reconcile)
+
+    def reconcile(self) -> None:
+        self._scheduled = False
+        order = list(self.listeners)
+        if not order:
+            return
+        self._turn = first = (self._turn + 1) % len(order)
+        for listener in order[first:] + order[:first]:
+            try:
+                listener.reconcile()
+            except Exception:  # a bug must not leave the other listeners paused
+                log.exception("listener admission failed")
+
+
 @dataclass(frozen=True, slots=True)
 class Context:
     """What the data plane lends every listener."""
@@ -63,6 +121,7 @@ class Context:
     tls: TlsStore
     keepalive: KeepAlive = field(default_factory=KeepAlive)  # idle upstream HTTP connections
     overload: OverloadState = field(default_factory=OverloadState)  # read on the hot path
+    admission: Admission = field(default_factory=Admission)
 
 
 def client_text(transport: asyncio.BaseTransport, announced: tuple[str, int] | None = None) -> str:
@@ -72,19 +131,32 @@ def client_text(transport: asyncio.BaseTransport, announced: tuple[str, int] | N
     return hostport(peer[0], peer[1]) if peer else "-"
 
 
-async def open_tcp_server(
-    spec: ListenerSpec, factory: Callable[[], asyncio.Protocol]
-) -> asyncio.AbstractServer:
-    """The listening TCP socket of a tcp or tls listener."""
-    loop = asyncio.get_running_loop()
-    return await loop.create_server(
-        factory,
-        spec.key.address,
-        spec.key.port,
-        backlog=settings.LISTEN_BACKLOG,
-        reuse_address=True,
-        reuse_port=settings.REUSE_PORT or None,
-    )
+def listening_socket(spec: ListenerSpec) -> socket.socket:
+    """The listening TCP socket of a tcp, tls, http or https listener.
+
+    Made here rather than by the loop's `create_server` so that the listener
+    holds it: the loop serves a duplicate, which is closed to pause
+    accepting while this one keeps the port and the kernel backlog.
+    """
+    address, port = spec.key.address, spec.key.port
+    # The address is an IP literal (config checks it); its form gives the family.
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if settings.REUSE_PORT:  # only among meshgate's own workers
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        if family == socket.AF_INET6:
+            # "::" means IPv6 only, as the loop's create_server would have it;
+            # an IPv4 listener on the same port is a listener of its own.
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        sock.bind((address, port))
+        sock.listen(settings.LISTEN_BACKLOG)
+        sock.setblocking(False)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
 
 
 class Traffic:
@@ -121,6 +193,11 @@ class Tracked(Protocol):
     def abort(self) -> None: ...
 
 
+# The byte counts of a connection still in its PROXY-header or ClientHello
+# phase: always zero (the bytes are counted by the protocol that follows).
+NO_TRAFFIC = Traffic()
+
+
 @runtime_checkable
 class Drainable(Protocol):
     """A connection that can end early when its listener drains (an idle
@@ -145,14 +222,22 @@ class Listener(ABC):
         self._idle.set()
         self.timers = Deadlines()  # its connections' timeouts
         self.loop: asyncio.AbstractEventLoop | None = None  # set by start()
+        self.refused: dict[str, int] = {}  # connections refused at accept, by reason
+        self.clients = ClientLimiter()
+        # The client each connection counts against, when per-client
+        # connections are limited (handed on with the connection).
+        self._client_of: dict[Tracked, str] = {}
         self.ctx.metrics.listener_up.labels(spec.name).set(0)
+        self.ctx.metrics.listener_accepting.labels(spec.name).set(0)
 
     # -- lifecycle ---------------------------------------------------------
     def _move(self, new: State) -> None:
         if new not in TRANSITIONS[self.state]:
             raise BadTransition(f"{self.spec.key}: {self.state.value} -> {new.value}")
         self.state = new
-        self.ctx.metrics.listener_up.labels(self.spec.name).set(1 if new is State.SERVING else 0)
+        serving = 1 if new is State.SERVING else 0
+        self.ctx.metrics.listener_up.labels(self.spec.name).set(serving)
+        self.ctx.metrics.listener_accepting.labels(self.spec.name).set(serving)
 
     async def start(self) -> None:
         """Bind and start serving; on failure the state is FAILED and `error` says why."""
@@ -245,8 +330,71 @@ class Listener(ABC):
         traffic.flush(self.ctx.metrics, self.spec.name, conn.backend)
         self._done_in += traffic.bytes_in
         self._done_out += traffic.bytes_out
+        self._released(conn)
         if not self.live:
             self._idle.set()
+
+    def hold(self, conn: Tracked) -> None:
+        """Track a connection still in its PROXY-header or ClientHello phase:
+        a drain waits for it (or aborts it) like any other."""
+        self.live.add(conn)
+        self._idle.clear()
+
+    def pass_on(self, old: Tracked, new: Tracked) -> None:
+        """`old`'s socket now belongs to `new` (its next protocol): one
+        connection still, for drain, caps and per-client counts. Called
+        before `new.connection_made`, so the listener never looks idle."""
+        self.live.discard(old)
+        self.live.add(new)
+        self._idle.clear()
+        if self._client_of:
+            client = self._client_of.pop(old, None)
+            if client is not None:
+                self._client_of[new] = client
+
+    def _released(self, conn: Tracked) -> None:
+        """A tracked connection has ended (not handed on)."""
+        if self._client_of:
+            client = self._client_of.pop(conn, None)
+            if client is not None:
+                self.clients.closed(client)
+
+    # -- admission ---------------------------------------------------------
+    def admit_client(self, conn: Tracked, host: str | None, spec: ListenerSpec) -> bool:
+        """Whether the client at `host` (the socket peer, or what a PROXY
+        header announced) may connect by `spec`'s allow-list and per-client
+        limits; a refusal is counted, and the caller closes the connection."""
+        ip = client_ip(host) if host else None
+        if not allowed(ip, spec.allow):
+            self.refuse(NOT_ALLOWED, host)
+            return False
+        limits = spec.per_client
+        if limits is None or ip is None:
+            return True
+        if limits.max_connections is None and limits.connection_rate is None:
+            return True  # request_rate only: the HTTP server's
+        client = str(ip)
+        loop = self.loop or asyncio.get_running_loop()
+        reason = self.clients.check(client, limits, loop.time())
+        if reason is not None:
+            self.refuse(reason, host)
+            return False
+        if limits.max_connections is not None:
+            self.clients.opened(client)
+            self._client_of[conn] = client
+        return True
+
+    def refuse(self, reason: str, client: str | None = None) -> None:
+        """Count a connection refused at accept. Logged at debug only: a
+        flood of refusals must not become a flood of log lines (the
+        metric and /status count them)."""
+        self.refused[reason] = self.refused.get(reason, 0) + 1
+        self.ctx.metrics.connection_refused(self.spec.name, reason)
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug(
+                "connection refused",
+                extra={"fields": {"listener": self.spec.name, "client": client, "reason": reason}},
+            )
 
     def counters(self) -> tuple[int, int]:
         """(bytes in, bytes out) so far, including live connections."""
@@ -271,6 +419,16 @@ class Listener(ABC):
         """Release what is left once CLOSED (the kind's sockets)."""
         self._stop_accepting()
 
+    @property
+    def accepting(self) -> bool:
+        """Whether new connections (flows) are taken now."""
+        return self.state is State.SERVING
+
+    @property
+    def max_connections(self) -> int | None:
+        """The cap in force on this listener's connections (None: none)."""
+        return None
+
     def to_json(self) -> dict[str, Any]:
         bytes_in, bytes_out = self.counters()
         return {
@@ -287,4 +445,7 @@ class Listener(ABC):
             "bytes_in": bytes_in,
             "bytes_out": bytes_out,
             "udp_flows": len(self.live) if self.spec.key.protocol == "udp" else 0,
+            "accepting": self.accepting,
+            "max_connections": self.max_connections,
+            "refused": dict(self.refused),
         }

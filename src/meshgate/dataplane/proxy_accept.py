@@ -6,6 +6,11 @@ listener's trusted ranges may send one (anyone else could claim any
 address), and it must arrive within the header deadline. After the header
 the connection is handed, with the announced client address, to the
 listener's usual protocol, together with any bytes that followed the header.
+
+The listener's allow-list and per-client limits apply to the announced
+address (the real client), checked as soon as the header is parsed, before
+the connection is handed on. Until then the connection is tracked by the
+listener like any other: a drain waits for it, a cap counts it.
 """
 
 from __future__ import annotations
@@ -17,11 +22,11 @@ import logging
 from collections.abc import Callable
 from typing import cast
 
-from meshgate.dataplane.listener import Listener, client_text
+from meshgate.dataplane.listener import NO_TRAFFIC, Listener, Tracked, client_text
 from meshgate.errors import ProtocolError
 from meshgate.protocols.proxy_protocol import parse_proxy_header
 from meshgate.protocols.result import NEED_MORE
-from meshgate.routing.table import ProxyAcceptSpec
+from meshgate.routing.table import ListenerSpec, ProxyAcceptSpec
 
 log = logging.getLogger("meshgate.proxy_protocol")
 
@@ -47,15 +52,20 @@ def is_trusted(address: str, trusted: tuple[str, ...]) -> bool:
 class ProxyHeaderReader(asyncio.Protocol):
     """Reads the header, then becomes `then(client address)`."""
 
+    traffic = NO_TRAFFIC  # as Tracked: the header's bytes are not the client's traffic
+    backend = ""
+
     def __init__(
         self,
         listener: Listener,
         spec: ProxyAcceptSpec,
         then: Callable[[Peer | None], asyncio.Protocol],
+        rules: ListenerSpec,
     ) -> None:
         self.listener = listener
         self.spec = spec
         self.then = then
+        self.rules = rules  # the listener spec at accept: its allow-list and per-client limits
         self.buf = b""
         self.transport: asyncio.Transport | None = None
         self.peer = "-"
@@ -64,6 +74,7 @@ class ProxyHeaderReader(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
+        self.listener.hold(self)
         peer = transport.get_extra_info("peername")
         self.peer = client_text(transport)
         if not peer or not is_trusted(peer[0], self.spec.trusted):
@@ -87,7 +98,18 @@ class ProxyHeaderReader(asyncio.Protocol):
         self._finish()
         # LOCAL (a health check from the balancer itself): the real peer stands.
         client = header.source if header.command == "proxy" else None
+        listener = self.listener
+        if client is not None:
+            host: str | None = client[0]
+        else:
+            peer = self.transport.get_extra_info("peername")
+            host = peer[0] if peer else None
+        if not listener.admit_client(self, host, self.rules):
+            self.transport.close()
+            return
         nxt = self.then(client)
+        # Every protocol a listener serves with tracks itself (Tracked).
+        listener.pass_on(self, cast(Tracked, nxt))
         self.transport.set_protocol(nxt)
         nxt.connection_made(self.transport)
         rest = self.buf[header.length :]
@@ -99,7 +121,15 @@ class ProxyHeaderReader(asyncio.Protocol):
         return False
 
     def connection_lost(self, exc: Exception | None) -> None:
+        # Reached only while this is still the socket's protocol (not handed on).
         self._finish()
+        self.listener.untrack(self)
+
+    def abort(self) -> None:
+        """Close now (the listener's drain deadline)."""
+        self._finish()
+        if self.transport is not None:
+            self.transport.abort()
 
     def _reject(self, reason: str) -> None:
         if self._done:

@@ -10,6 +10,10 @@ under a size cap and a deadline. Then the accepted socket changes protocol:
   (re-origination with its own SNI, verified against its CA).
 Bad or slow hellos and names no route takes are closed and counted by reason
 (`meshgate_tls_rejected_total`); nothing reaches the accept loop.
+
+While the hello is read, the connection is tracked by the listener like any
+other (a drain waits for it, a cap counts it); the Relay or HTTP server that
+takes it over is handed its place (`Listener.pass_on`).
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ import logging
 import ssl
 from typing import cast
 
-from meshgate.dataplane.listener import client_text
+from meshgate.dataplane.listener import NO_TRAFFIC, Tracked, client_text
 from meshgate.dataplane.pipe import Relay
 from meshgate.dataplane.proxy_accept import Peer
 from meshgate.dataplane.stream import StreamListener
@@ -55,6 +59,9 @@ class TlsListener(StreamListener):
 class HelloPeeker(asyncio.Protocol):
     """Buffers the first bytes of a connection until the ClientHello is whole."""
 
+    traffic = NO_TRAFFIC  # as Tracked: the peeked bytes are counted by the Relay
+    backend = ""
+
     def __init__(
         self, listener: TlsListener, spec: ListenerSpec, peer: tuple[str, int] | None = None
     ) -> None:
@@ -71,6 +78,7 @@ class HelloPeeker(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
+        self.listener.hold(self)  # already tracked when a PROXY header came first
         self.client = client_text(transport, self.peer)
         loop = asyncio.get_running_loop()
         self._timer = loop.call_later(self.routes.hello_timeout, self._too_slow)
@@ -107,6 +115,8 @@ class HelloPeeker(asyncio.Protocol):
         """Give the connection, untouched, to `app`, replaying the peeked bytes."""
         assert self.transport is not None
         self._finish()
+        # Every protocol a listener serves with tracks itself (Tracked).
+        self.listener.pass_on(self, cast(Tracked, app))
         self.transport.set_protocol(app)
         app.connection_made(self.transport)
         app.data_received(self.buf)
@@ -126,6 +136,7 @@ class HelloPeeker(asyncio.Protocol):
                 metrics.tls_handshakes.labels(self.spec.name, obj.version() or "?").inc()
 
         terminator = TlsTerminator(ctx, app, handshake)
+        listener.pass_on(self, cast(Tracked, app))  # the app is the connection from now on
         transport.set_protocol(terminator)
         terminator.connection_made(transport)
         terminator.data_received(self.buf)
@@ -151,6 +162,14 @@ class HelloPeeker(asyncio.Protocol):
             self._timer.cancel()
 
     def connection_lost(self, exc: Exception | None) -> None:
+        # Reached only while this is still the socket's protocol (not handed on).
         if not self._done:
             self._finish()
             self.listener.reject("closed_before_hello", self.client)
+        self.listener.untrack(self)
+
+    def abort(self) -> None:
+        """Close now (the listener's drain deadline)."""
+        self._finish()
+        if self.transport is not None:
+            self.transport.abort()

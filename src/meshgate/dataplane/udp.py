@@ -19,6 +19,11 @@ one sweep timer per listener, not a timer per datagram, finds idle flows.
 
 UDP has no backpressure either: a datagram that cannot be queued or sent now
 is dropped and counted, never buffered without bound.
+
+Admission: a datagram that would open a flow for a source outside the
+listener's allow-list, or while overload stage 3 stops new connections, is
+dropped and counted (reasons `not_allowed`, `overload`); flows already open
+carry on.
 """
 
 from __future__ import annotations
@@ -30,7 +35,9 @@ from typing import Any
 
 from meshgate import settings
 from meshgate.aio import DatagramSide, adopt_datagram, cancel_and_wait, spawn
-from meshgate.dataplane.listener import Context, Listener, Traffic
+from meshgate.dataplane.admission import NOT_ALLOWED, OVERLOAD, allowed, client_ip
+from meshgate.dataplane.listener import Context, Listener, State, Traffic
+from meshgate.dataplane.overload import Stage
 from meshgate.routing.table import EndpointAddr, ListenerSpec, hostport
 from meshgate.upstream.connect import failure_reason
 from meshgate.upstream.pool import EndpointState, Pool
@@ -377,6 +384,14 @@ class UdpListener(Listener):
         # their clients' datagrams on it. Only new clients are turned away.
         self._accepting = False
 
+    @property
+    def accepting(self) -> bool:
+        return (
+            self.state is State.SERVING
+            and self._accepting
+            and self.ctx.overload.stage < Stage.STOP_ACCEPTING
+        )
+
     async def _closed(self) -> None:
         self._accepting = False
         if self._sweep is not None:
@@ -414,6 +429,12 @@ class UdpListener(Listener):
             self.dropped("draining")
             return None
         spec = self.spec
+        if spec.allow and not allowed(client_ip(str(addr[0])), spec.allow):
+            self.dropped(NOT_ALLOWED)
+            return None
+        if self.ctx.overload.stage >= Stage.STOP_ACCEPTING:
+            self.dropped(OVERLOAD)
+            return None
         if len(self.live) >= spec.udp.max_flows:
             self.dropped("max_flows")
             return None
