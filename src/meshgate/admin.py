@@ -236,7 +236,23 @@ class AdminServer:
 
     async def _readyz(self, request: web.Request) -> web.Response:
         ready, details = self._state.ready()
-        return _json({**details, "ready": ready}, status=200 if ready else 503)
+        body = {**details, "ready": ready}
+        degraded = self._degraded_backends()
+        if degraded:
+            # Reported, never counted against readiness: a proxy with one
+            # backend down still serves every other route, and taking it out
+            # of rotation (or restarting it) would not bring the backend back.
+            body["degraded_backends"] = degraded
+        return _json(body, status=200 if ready else 503)
+
+    def _degraded_backends(self) -> list[dict[str, Any]]:
+        try:
+            status = self._state.status()
+        except Exception:
+            # Readiness must not hinge on the status document: log and go on.
+            log.exception("/readyz cannot read the backends' state")
+            return []
+        return degraded_backends(status)
 
     async def _metrics(self, request: web.Request) -> web.Response:
         body = self._state.metrics()
@@ -247,6 +263,34 @@ class AdminServer:
 
     async def _status(self, request: web.Request) -> web.Response:
         return _json(self._state.status())
+
+
+def degraded_backends(status: dict[str, Any]) -> list[dict[str, Any]]:
+    """The backends of a /status document that have endpoints out of
+    rotation: ejected by outlier detection, or failing their health checks."""
+    out: list[dict[str, Any]] = []
+    for backend in status.get("backends") or []:
+        endpoints = backend.get("endpoints") or []
+        ejected = [
+            {"address": ep.get("address"), "ejected_for": ep.get("ejected_for")}
+            for ep in endpoints
+            if ep.get("state") == "ejected"
+        ]
+        unhealthy = [
+            {"address": ep.get("address"), "reason": ep.get("check_reason")}
+            for ep in endpoints
+            if ep.get("check") == "unhealthy"
+        ]
+        if ejected or unhealthy:
+            out.append(
+                {
+                    "name": backend.get("name"),
+                    "endpoints": len(endpoints),
+                    "ejected": ejected,
+                    "unhealthy": unhealthy,
+                }
+            )
+    return out
 
 
 def _authorize(token: str | None, loopback: bool) -> Any:

@@ -53,6 +53,11 @@ ENDPOINT_STYLES: Final = {
     "probing": "cyan",
     "ejected": "bold red",
 }
+CHECK_STYLES: Final = {
+    "healthy": "green",
+    "pending": "dim",
+    "unhealthy": "bold red",
+}
 
 
 class StatusError(Exception):
@@ -312,7 +317,7 @@ def _status_listeners(listeners: Iterable[dict[str, Any]]) -> Table:
 
 def _status_backends(backends: Iterable[dict[str, Any]]) -> Table:
     table = _table("Backends")
-    for heading in ("backend", "endpoint", "state"):
+    for heading in ("backend", "endpoint", "state", "check"):
         table.add_column(heading, overflow="fold")
     for heading in ("in-flight", "failures"):
         table.add_column(heading, justify="right", overflow="fold")
@@ -320,23 +325,44 @@ def _status_backends(backends: Iterable[dict[str, Any]]) -> Table:
         name = Text(str(backend.get("name", "?")))
         if backend.get("builtin"):
             # Answered in-process: there is no endpoint that could be unhealthy.
-            table.add_row(name, Text(f"builtin:{backend['builtin']}"), Text("-"), "-", "-")
+            table.add_row(name, Text(f"builtin:{backend['builtin']}"), Text("-"), "-", "-", "-")
             continue
         endpoints = backend.get("endpoints") or []
         if not endpoints:
-            table.add_row(name, Text("no endpoints", style="bold red"), Text("-"), "-", "-")
+            table.add_row(name, Text("no endpoints", style="bold red"), Text("-"), "-", "-", "-")
             continue
         for index, endpoint in enumerate(endpoints):
-            state = str(endpoint.get("state", "?"))
             table.add_row(
                 # The backend name only on its first row: the rest read as its children.
                 name if index == 0 else Text(""),
                 Text(str(endpoint.get("address", "?"))),
-                Text(state, style=ENDPOINT_STYLES.get(state, "")),
+                _endpoint_state(endpoint),
+                _endpoint_check(endpoint),
                 Text(str(endpoint.get("in_flight", 0))),
                 Text(str(endpoint.get("failures", 0))),
             )
     return table
+
+
+def _endpoint_state(endpoint: dict[str, Any]) -> Text:
+    """The passive (outlier) state; an ejection says how long it has left."""
+    state = str(endpoint.get("state", "?"))
+    text = Text(state, style=ENDPOINT_STYLES.get(state, ""))
+    left = endpoint.get("ejected_for")
+    if state == "ejected" and isinstance(left, int | float):
+        text.append(f" {left:.0f}s")
+    return text
+
+
+def _endpoint_check(endpoint: dict[str, Any]) -> Text:
+    """The active health check's verdict, and why an unhealthy one failed."""
+    check = endpoint.get("check")
+    if check is None:
+        return Text("-", style="dim")  # the backend has no health check
+    text = Text(str(check), style=CHECK_STYLES.get(str(check), ""))
+    if check == "unhealthy" and endpoint.get("check_reason"):
+        text.append(f" ({endpoint['check_reason']})")
+    return text
 
 
 # -- /config and `meshgate check` -------------------------------------------

@@ -58,6 +58,7 @@ class FakeState:
     def __init__(self) -> None:
         self.ready_answer: tuple[bool, dict[str, Any]] = (True, {"table_version": 3})
         self.status_error: Exception | None = None
+        self.status_answer: dict[str, Any] = STATUS
         self.metrics_source = Metrics()
         self.metrics_source.table_version.set(3)
 
@@ -67,7 +68,7 @@ class FakeState:
     def status(self) -> dict[str, Any]:
         if self.status_error is not None:
             raise self.status_error
-        return STATUS
+        return self.status_answer
 
     def config(self) -> dict[str, Any]:
         return TABLE.to_json()
@@ -129,6 +130,57 @@ async def test_readyz_not_ready_says_why(
         assert response.status == 503
         assert response.content_type == "application/json"
         assert await response.json() == {"ready": False, "reason": "no routing table yet"}
+
+
+def _endpoint(address: str, state: str, check: str | None, **more: Any) -> dict[str, Any]:
+    return {"address": address, "state": state, "check": check, "check_reason": None, **more}
+
+
+async def test_readyz_names_backends_with_endpoints_out_but_stays_ready(
+    state: FakeState, base_url: str, http: aiohttp.ClientSession
+) -> None:
+    state.status_answer = {
+        **STATUS,
+        "backends": [
+            {
+                "name": "app",
+                "endpoints": [
+                    _endpoint("10.0.0.1:80", "healthy", "healthy"),
+                    _endpoint("10.0.0.2:80", "healthy", "unhealthy", check_reason="refused"),
+                    _endpoint("10.0.0.3:80", "ejected", "healthy", ejected_for=8.5),
+                ],
+            },
+            {"name": "fine", "endpoints": [_endpoint("10.0.1.1:80", "suspect", None)]},
+            {"name": "hello", "builtin": "hello", "endpoints": []},
+        ],
+    }
+    async with http.get(f"{base_url}/readyz") as response:
+        # A backend down is no reason to take the proxy out of rotation.
+        assert response.status == 200
+        body = await response.json()
+    assert body["ready"] is True
+    assert body["degraded_backends"] == [
+        {
+            "name": "app",
+            "endpoints": 3,
+            "ejected": [{"address": "10.0.0.3:80", "ejected_for": 8.5}],
+            "unhealthy": [{"address": "10.0.0.2:80", "reason": "refused"}],
+        }
+    ]
+
+
+async def test_readyz_answers_even_when_the_status_cannot_be_read(
+    state: FakeState,
+    base_url: str,
+    http: aiohttp.ClientSession,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    state.status_error = RuntimeError("status exploded")
+    with caplog.at_level(logging.ERROR, logger="meshgate.admin"):
+        async with http.get(f"{base_url}/readyz") as response:
+            assert response.status == 200
+            assert await response.json() == {"ready": True, "table_version": 3}
+    assert any("status exploded" in str(r.exc_info) for r in caplog.records)
 
 
 async def test_metrics_is_prometheus_text(base_url: str, http: aiohttp.ClientSession) -> None:

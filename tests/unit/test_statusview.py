@@ -127,6 +127,40 @@ def test_render_status_shows_listeners_backends_and_the_rejected_reload() -> Non
         assert expected in text
 
 
+def test_render_status_shows_each_endpoints_health_check() -> None:
+    status = {
+        **STATUS,
+        "backends": [
+            {
+                "name": "app",
+                "balance": "round_robin",
+                "builtin": None,
+                "health_check": "http",
+                "endpoints": [
+                    {"address": "10.0.0.1:80", "state": "healthy", "check": "healthy"},
+                    {
+                        "address": "10.0.0.2:80",
+                        "state": "healthy",
+                        "check": "unhealthy",
+                        "check_reason": "status 503",
+                    },
+                    {"address": "10.0.0.3:80", "state": "ejected", "ejected_for": 42.4},
+                    {"address": "10.0.0.4:80", "state": "healthy", "check": "pending"},
+                ],
+            }
+        ],
+    }
+    rows = {
+        line.split()[1] if line.split()[0] == "app" else line.split()[0]: " ".join(line.split())
+        for line in _render(render_status, status).splitlines()
+        if "10.0.0." in line
+    }
+    assert rows["10.0.0.1:80"].endswith("10.0.0.1:80 healthy healthy 0 0")
+    assert "healthy unhealthy (status 503)" in rows["10.0.0.2:80"]
+    assert "ejected 42s -" in rows["10.0.0.3:80"]  # no health check on this one
+    assert "healthy pending" in rows["10.0.0.4:80"]
+
+
 def test_render_status_udp_flows_only_for_udp() -> None:
     text = _render(render_status, STATUS)
     [web] = [line for line in text.splitlines() if "127.0.0.1:8080/tcp" in line]

@@ -190,6 +190,7 @@ def _backend(item: dict[str, Any]) -> dict[str, Any]:
         "name": item.get("name"),
         "balance": item.get("balance"),
         "builtin": item.get("builtin"),
+        "health_check": item.get("health_check"),
         "endpoints": [
             {
                 "address": ep.get("address"),
@@ -197,6 +198,9 @@ def _backend(item: dict[str, Any]) -> dict[str, Any]:
                 "in_flight": ep.get("in_flight", 0),
                 "failures": ep.get("failures", 0),
                 "ejections": ep.get("ejections", 0),
+                "ejected_for": ep.get("ejected_for"),
+                "check": ep.get("check"),  # None: the backend has no health check
+                "check_reason": ep.get("check_reason"),
             }
             for ep in item.get("endpoints") or []
         ],

@@ -18,6 +18,7 @@ import asyncio
 from collections.abc import Hashable
 from typing import Protocol, cast
 
+from meshgate import settings
 from meshgate.protocols.http1 import HttpError, Limits, ResponseEvent, ResponseParser
 from meshgate.upstream.pool import EndpointState
 
@@ -42,6 +43,7 @@ class ResponseSink(Protocol):
 
 class UpstreamConn(asyncio.Protocol):
     __slots__ = (
+        "buffer_limit",
         "closed",
         "ep",
         "exchanges",
@@ -54,8 +56,19 @@ class UpstreamConn(asyncio.Protocol):
         "transport",
     )
 
-    def __init__(self, ep: EndpointState | None, key: Hashable, keepalive: KeepAlive) -> None:
+    def __init__(
+        self,
+        ep: EndpointState | None,
+        key: Hashable,
+        keepalive: KeepAlive,
+        *,
+        buffer_limit: int = settings.WRITE_HIGH_WATER,
+    ) -> None:
         self.ep = ep
+        # Request bytes buffered for the backend before the client stops being
+        # read: the listener's limit, of the listener that opened it (a reused
+        # connection keeps it; listeners rarely differ).
+        self.buffer_limit = buffer_limit
         self.key = key
         self.keepalive = keepalive
         self.parser = ResponseParser(Limits())
@@ -68,6 +81,7 @@ class UpstreamConn(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
+        self.transport.set_write_buffer_limits(self.buffer_limit, self.buffer_limit // 4)
 
     def data_received(self, data: bytes) -> None:
         sink = self.sink

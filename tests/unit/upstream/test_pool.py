@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from collections import Counter
 
-from meshgate import settings
-from meshgate.routing.table import EndpointAddr, PoolSpec, Timeouts
+from meshgate.routing.table import EndpointAddr, OutlierSpec, PoolSpec, Timeouts
 from meshgate.upstream.health import Health
 from meshgate.upstream.pool import EndpointState, Pool, PoolRegistry
 
 T = Timeouts(connect=1.0, idle=10.0, half_closed=5.0)
+DEFAULTS = OutlierSpec()  # what a backend that says nothing gets
 
 
 def spec(*ports: int, balance: str = "round_robin", name: str = "b") -> PoolSpec:
@@ -48,15 +48,15 @@ def test_least_conn_prefers_the_idle_endpoint() -> None:
 def test_failures_eject_then_probe_after_the_period() -> None:
     pool = Pool(spec(1, 2))
     bad = pool.endpoints[0]
-    for i in range(settings.EJECT_AFTER_FAILURES):
+    for i in range(DEFAULTS.consecutive_failures):
         pool.record_failure(bad, now=100.0)
-        expected = Health.EJECTED if i + 1 == settings.EJECT_AFTER_FAILURES else Health.SUSPECT
+        expected = Health.EJECTED if i + 1 == DEFAULTS.consecutive_failures else Health.SUSPECT
         assert bad.health is expected
     # Ejected: new connections only see the good endpoint.
     assert [ep.addr.port for ep in pool.candidates(101.0)] == [2]
     assert [ep.addr.port for ep in pool.candidates(101.0)] == [2]
     # After the period the endpoint is probed by the next connection.
-    later = 100.0 + settings.EJECT_DURATION
+    later = 100.0 + DEFAULTS.base_ejection
     assert 1 in [ep.addr.port for ep in pool.candidates(later)]
     assert bad.health is Health.PROBING
     pool.record_success(bad)
@@ -66,7 +66,7 @@ def test_failures_eject_then_probe_after_the_period() -> None:
 
 def test_all_ejected_fails_open() -> None:
     pool = Pool(spec(1))
-    for _ in range(settings.EJECT_AFTER_FAILURES):
+    for _ in range(DEFAULTS.consecutive_failures):
         pool.record_failure(pool.endpoints[0], now=0.0)
     assert [ep.addr.port for ep in pool.candidates(1.0)] == [1]
 
@@ -106,6 +106,6 @@ def test_an_endpoint_ejected_again_after_its_probe_stays_out_longer() -> None:
         assert bad.available(now)  # probing: the next connection tries it
     assert periods == [10.0, 20.0, 40.0, 80.0, 160.0, 300.0, 300.0]
     pool.record_success(bad)
-    for _ in range(settings.EJECT_AFTER_FAILURES):
+    for _ in range(DEFAULTS.consecutive_failures):
         pool.record_failure(bad, now=now)
-    assert bad.ejected_until - now == settings.EJECT_DURATION  # a success resets it
+    assert bad.ejected_until - now == DEFAULTS.base_ejection  # a success resets it

@@ -489,14 +489,19 @@
       el(
         "span",
         {
-          class: "ep s-" + ep.state,
+          // Red too when the active check fails: new connections skip it either way.
+          class: "ep s-" + (ep.check === "unhealthy" ? "failed" : ep.state),
           data: { endpoint: ep.address, state: ep.state },
-          title: `${ep.failures} failures in a row, ${ep.ejections} ejections`,
+          title:
+            `${ep.failures} failures in a row, ${ep.ejections} ejections` +
+            (ep.check ? `, health check ${ep.check}` : "") +
+            (ep.check === "unhealthy" && ep.check_reason ? ` (${ep.check_reason})` : ""),
         },
         span("mono", ep.address),
         " ",
         el("b", {}, ep.state),
         ep.in_flight ? ` · ${ep.in_flight} in flight` : "",
+        ep.check === "unhealthy" ? " · failing its health check" : "",
       ),
     );
   }
