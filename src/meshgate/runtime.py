@@ -14,6 +14,7 @@ import contextlib
 import ipaddress
 import logging
 import os
+import resource
 import signal
 import time
 from collections.abc import Iterable, Sequence
@@ -26,7 +27,7 @@ from meshgate import aio, settings
 from meshgate.admin import AdminServer
 from meshgate.config.model import Config
 from meshgate.dataplane.certs import CertError, TlsStore, cert_files
-from meshgate.dataplane.dataplane import Dataplane
+from meshgate.dataplane.dataplane import Dataplane, resident_memory
 from meshgate.errors import ConfigError
 from meshgate.mesh.bindaddr import BIND_WAIT, BindChoice, choose, explicit, fallback_choice
 from meshgate.mesh.dns import DnsServer
@@ -103,6 +104,40 @@ def resolve_options(
     return admin, drain
 
 
+def raise_descriptor_limit() -> None:
+    """Raise the soft RLIMIT_NOFILE to the hard limit, as HAProxy and nginx do:
+    the default soft limit (often 1,024) would cap meshgate at a few hundred
+    proxied connections, while the hard limit is what the administrator
+    allowed. The connection cap (`limits.max_connections`) is derived from
+    the result."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY:
+        # Unlimited hard limit: the kernel's per-process ceiling still applies.
+        try:
+            with open("/proc/sys/fs/nr_open") as f:
+                hard = int(f.read())
+        except (OSError, ValueError):
+            return
+    if soft == resource.RLIM_INFINITY or soft >= hard:
+        return
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    except (OSError, ValueError) as exc:
+        log.warning(
+            "cannot raise the descriptor limit",
+            extra={"fields": {"soft": soft, "hard": hard, "error": str(exc)}},
+        )
+        return
+    log.info("descriptor limit raised", extra={"fields": {"from": soft, "to": hard}})
+
+
+def _resident() -> int | None:
+    try:
+        return resident_memory()
+    except OSError:  # not Linux
+        return None
+
+
 def process_json() -> dict[str, Any]:
     """What a leak would show: tasks, descriptors, resident memory."""
     try:
@@ -113,17 +148,9 @@ def process_json() -> dict[str, Any]:
         "pid": os.getpid(),
         "tasks": len(asyncio.all_tasks()),
         "open_fds": fds,
-        "rss": resident_bytes(),
+        "fd_limit": resource.getrlimit(resource.RLIMIT_NOFILE)[0],
+        "rss": _resident(),
     }
-
-
-def resident_bytes() -> int | None:
-    """Resident set size from /proc/self/statm (one read, no parsing of status)."""
-    try:
-        with open("/proc/self/statm", "rb") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except (OSError, ValueError, IndexError):
-        return None
 
 
 class Runtime:
@@ -234,6 +261,7 @@ class Runtime:
             await self._serve()
 
     async def _serve(self) -> None:
+        raise_descriptor_limit()
         self.report_skipped()
         if needs_mesh(self.current_config) and not await self._await_mesh():
             return

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import resource
 import signal
 import socket
 import time
 from pathlib import Path
+
+import pytest
 
 from tests.integration.harness import Meshgate, free_port, port_open, running, wait_for
 
@@ -135,3 +138,28 @@ def test_status_and_metrics_show_what_a_leak_would_show(tmp_path: Path) -> None:
         )
         assert mg.metric("meshgate_asyncio_tasks") == mg.json("/status")["process"]["tasks"]
         assert before["rss"] > 10 << 20
+
+
+def test_descriptor_limit_is_raised_to_the_hard_limit(tmp_path: Path) -> None:
+    """A soft limit of 1,024 (the usual default) would cap meshgate at a few
+    hundred proxied connections; it raises it to the hard limit at start."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or hard <= 1024:
+        pytest.skip(f"the hard descriptor limit ({hard}) leaves nothing to raise")
+    port = free_port()
+    config = tmp_path / "mg.yaml"
+    _config(config, {"echo": port})
+    resource.setrlimit(resource.RLIMIT_NOFILE, (1024, hard))
+    try:
+        mg = Meshgate(["-c", str(config)], tmp_path)  # inherits the low soft limit
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    try:
+        mg.wait_ready()
+        status = mg.json("/status")
+        assert status["process"]["fd_limit"] == hard
+        # The connection cap follows from it: two descriptors per proxied connection.
+        assert status["overload"]["max_connections"] == (hard - 256) // 2
+        assert mg.events("descriptor limit raised")[0]["to"] == hard
+    finally:
+        mg.stop()
