@@ -272,6 +272,15 @@ def _status_header(status: dict[str, Any]) -> Text:
         header.append(f"  up since {_clock(status['started'])}")
     if status.get("admin"):
         header.append(f"  admin {status['admin']}")
+    overload = status.get("overload") or {}
+    if overload.get("level"):
+        # Only when it matters: stage 1 and up change what clients see.
+        header.append(
+            f"\noverload: {overload.get('stage')} ({overload.get('reason') or '?'}; "
+            f"{overload.get('connections', '?')} of {overload.get('max_connections', '?')} "
+            "connections)",
+            style="bold red",
+        )
     header.append("\nlast reload: ")
     reload = status.get("last_reload") or {}
     result = reload.get("result")
@@ -295,18 +304,23 @@ def _status_listeners(listeners: Iterable[dict[str, Any]]) -> Table:
     table = _table("Listeners")
     for heading in ("name", "listen", "state", "backend"):
         table.add_column(heading, overflow="fold")
-    for heading in ("active", "total", "in", "out", "flows"):
+    for heading in ("active", "total", "refused", "in", "out", "flows"):
         table.add_column(heading, justify="right", overflow="fold")
     for item in listeners:
         protocol = str(item.get("protocol", "?"))
         state = str(item.get("state", "?"))
+        state_text = Text(state, style=LISTENER_STYLES.get(state, ""))
+        if item.get("accepting") is False and state == "serving":
+            state_text.append(" paused", style="bold yellow")  # at a connection limit
+        refused = item.get("refused") or {}
         table.add_row(
             Text(str(item.get("name", "?"))),
             Text(f"{_address(item)}/{protocol}"),
-            Text(state, style=LISTENER_STYLES.get(state, "")),
+            state_text,
             Text(str(item.get("backend", "?"))),
             Text(str(item.get("active", 0))),
             Text(str(item.get("total", 0))),
+            Text(str(sum(v for v in refused.values() if isinstance(v, int)))),
             Text(human_bytes(int(item.get("bytes_in", 0)))),
             Text(human_bytes(int(item.get("bytes_out", 0)))),
             # UDP flows mean nothing for a TCP listener.

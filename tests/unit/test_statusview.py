@@ -179,7 +179,7 @@ def test_render_status_off_a_terminal_is_never_folded() -> None:
     out = io.StringIO()
     render_status(STATUS, Console(file=out))
     [row] = [line for line in out.getvalue().splitlines() if line.startswith(" web ")]
-    assert " ".join(row.split()) == "web 127.0.0.1:8080/tcp serving hello 2 10 1.2 KiB 5.0 MiB -"
+    assert " ".join(row.split()) == "web 127.0.0.1:8080/tcp serving hello 2 10 0 1.2 KiB 5.0 MiB -"
 
 
 def test_render_status_on_a_terminal_fits_its_width() -> None:
@@ -429,3 +429,23 @@ def test_render_status_of_the_operator_shows_leadership_proxies_and_rejections()
         assert expected in text
     assert "default/bad" in text
     assert "ingress-bind-ip" in text
+
+
+def test_render_status_shows_overload_paused_listeners_and_refusals() -> None:
+    listener = {**STATUS["listeners"][0], "accepting": False, "refused": {"listener_limit": 7}}
+    doc = {
+        **STATUS,
+        "listeners": [listener],
+        "overload": {
+            "stage": "reject_requests",
+            "level": 2,
+            "reason": "memory",
+            "connections": 9000,
+            "max_connections": 9872,
+        },
+    }
+    text = _render(render_status, doc)
+    assert "overload: reject_requests (memory; 9000 of 9872 connections)" in text
+    assert "serving paused" in text
+    calm = _render(render_status, {**STATUS, "overload": {"stage": "normal", "level": 0}})
+    assert "overload" not in calm

@@ -331,6 +331,7 @@ class Dataplane:
             "backends": [pool.to_json() for pool in self.ctx.pools],
             "overload": {
                 "stage": self.ctx.overload.stage.name.lower(),
+                "level": int(self.ctx.overload.stage),
                 "reason": self.ctx.overload.reason,
                 **self._figures_json(self.figures()),
             },

@@ -23,6 +23,7 @@ from prometheus_client.parser import text_string_to_metric_families
 _WORST = frozenset({"meshgate_endpoint_healthy", "meshgate_listener_up"})
 _NEWEST = frozenset({"meshgate_table_version"})
 _HEALTH_ORDER = {"healthy": 0, "suspect": 1, "probing": 2, "ejected": 3}
+_CHECK_ORDER = {"healthy": 0, "pending": 1, "unhealthy": 2}
 
 SampleKey = tuple[str, tuple[tuple[str, str], ...]]
 
@@ -88,9 +89,12 @@ def merge_status(documents: Sequence[dict[str, Any]]) -> dict[str, Any]:
             mine = listeners.get(item.get("key"))
             if mine is None:
                 continue
-            for field in ("active", "total", "bytes_in", "bytes_out", "udp_flows"):
+            for field in ("active", "total", "bytes_in", "bytes_out", "udp_flows", "connections"):
                 if isinstance(item.get(field), int) and isinstance(mine.get(field), int):
                     mine[field] += item[field]
+            _add_counts(mine, item, "refused")
+            if item.get("accepting") is False:  # paused in any worker
+                mine["accepting"] = False
             if item.get("state") != "serving":  # a listener is serving if it is in every worker
                 mine["state"] = item.get("state")
                 mine["error"] = item.get("error") or mine.get("error")
@@ -106,13 +110,60 @@ def merge_status(documents: Sequence[dict[str, Any]]) -> dict[str, Any]:
                     mine.get("state", ""), 0
                 ):
                     mine["state"] = ep["state"]
+                # Each worker checks on its own: show the worst verdict and its reason.
+                if _CHECK_ORDER.get(ep.get("check") or "", -1) > _CHECK_ORDER.get(
+                    mine.get("check") or "", -1
+                ):
+                    mine["check"] = ep["check"]
+                    mine["check_reason"] = ep.get("check_reason")
+        _merge_sums(merged, doc, "overload", ("connections", "rss"))
+        _merge_sums(merged, doc, "process", ("tasks", "open_fds", "rss"))
+        mine_overload, theirs = merged.get("overload"), doc.get("overload")
+        if (
+            isinstance(mine_overload, dict)
+            and isinstance(theirs, dict)
+            and theirs.get("level", 0) > mine_overload.get("level", 0)
+        ):
+            for field in ("stage", "level", "reason"):
+                if field in theirs:
+                    mine_overload[field] = theirs[field]
     return merged
+
+
+def _add_counts(mine: dict[str, Any], theirs: dict[str, Any], field: str) -> None:
+    """Add a {reason: count} map of another worker's into ours."""
+    counts, more = mine.get(field), theirs.get(field)
+    if not isinstance(counts, dict) or not isinstance(more, dict):
+        return
+    for key, value in more.items():
+        if isinstance(value, int):
+            counts[key] = counts.get(key, 0) + value
+
+
+def _merge_sums(
+    merged: dict[str, Any], doc: dict[str, Any], section: str, fields: tuple[str, ...]
+) -> None:
+    """Add the per-process figures of one section (e.g. `process`) together."""
+    mine, theirs = merged.get(section), doc.get(section)
+    if not isinstance(mine, dict) or not isinstance(theirs, dict):
+        return
+    for field in fields:
+        if isinstance(mine.get(field), int) and isinstance(theirs.get(field), int):
+            mine[field] += theirs[field]
 
 
 def _copy(doc: dict[str, Any]) -> dict[str, Any]:
     """A copy deep enough that merging never changes the worker's cached document."""
     out = dict(doc)
-    out["listeners"] = [dict(item) for item in doc.get("listeners", [])]
+    out["listeners"] = [
+        {**item, "refused": dict(item["refused"])}
+        if isinstance(item.get("refused"), dict)
+        else dict(item)
+        for item in doc.get("listeners", [])
+    ]
+    for section in ("overload", "process"):
+        if isinstance(doc.get(section), dict):
+            out[section] = dict(doc[section])
     out["backends"] = [
         {**backend, "endpoints": [dict(ep) for ep in backend.get("endpoints", [])]}
         for backend in doc.get("backends", [])

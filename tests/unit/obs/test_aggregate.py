@@ -90,3 +90,35 @@ def test_status_adds_traffic_and_shows_the_worst_state() -> None:
     assert (ep["state"], ep["in_flight"], ep["failures"]) == ("ejected", 3, 2)
     assert first["listeners"][0]["active"] == 2  # the worker's own document is untouched
     assert merge_status([]) == {}
+
+
+def test_status_adds_refusals_overload_and_process_figures_and_keeps_the_worst_check() -> None:
+    def doc(refused: int, accepting: bool, level: int, check: str, fds: int) -> dict[str, Any]:
+        base = status(1, "serving", "healthy", 0)
+        base["listeners"][0].update(
+            {"refused": {"listener_limit": refused}, "accepting": accepting, "connections": 4}
+        )
+        base["backends"][0]["endpoints"][0].update({"check": check, "check_reason": check})
+        base["overload"] = {
+            "stage": ["normal", "no_keepalive"][level],
+            "level": level,
+            "reason": "connections" if level else "",
+            "connections": 4,
+            "rss": 100,
+        }
+        base["process"] = {"pid": fds, "tasks": 3, "open_fds": fds, "rss": 100}
+        return base
+
+    first = doc(2, True, 0, "healthy", 10)
+    merged = merge_status([first, doc(5, False, 1, "unhealthy", 20)])
+    listener = merged["listeners"][0]
+    assert listener["refused"] == {"listener_limit": 7}
+    assert listener["accepting"] is False  # paused in one worker
+    assert listener["connections"] == 8
+    ep = merged["backends"][0]["endpoints"][0]
+    assert (ep["check"], ep["check_reason"]) == ("unhealthy", "unhealthy")
+    assert merged["overload"]["stage"] == "no_keepalive"
+    assert merged["overload"]["connections"] == 8
+    assert merged["process"]["open_fds"] == 30
+    assert first["listeners"][0]["refused"] == {"listener_limit": 2}  # untouched
+    assert first["process"]["open_fds"] == 10
