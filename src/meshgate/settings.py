@@ -45,18 +45,21 @@ DRAIN_TIMEOUT = 30.0
 SHUTDOWN_GRACE = 0.0
 PROXY_SHUTDOWN_GRACE = 5.0
 
-# An endpoint that refused or timed out this many connects in a row is
-# ejected for EJECT_DURATION, then one connection probes it. Each ejection in
-# a row (the probe failed too) doubles the period, up to EJECT_MAX_DURATION:
-# an endpoint that stays down costs fewer failed attempts (Envoy's outlier
-# detection does the same).
-EJECT_AFTER_FAILURES = 3
-EJECT_DURATION = 10.0
-EJECT_MAX_DURATION = 300.0
+# Outlier ejection (failures in a row, the doubling period, the share of a
+# pool that may be out) and active health checks are set per backend: their
+# defaults live with the schema in config/model.py (`Outlier`, `HealthCheck`),
+# and a pool reads them from its `PoolSpec`.
 
-# Write-buffer high-water mark per transport: above it the opposite side stops
-# reading (backpressure). 256 KiB matches uvloop's large reads so one read's
-# worth of data fits without pausing on every chunk.
+# Write-buffer marks of a transport that no listener spec covers (tests, an
+# upstream connection made without one): above the high mark the opposite
+# side stops reading (backpressure), below the low one it reads again.
+# Connections of a listener use its `buffer_limit` instead (config
+# limits.connection_buffer, 64 KiB by default) and a quarter of it. The limit
+# is soft: uvloop reads up to 256 KiB per call and one read is written whole,
+# so a direction holds at most the limit plus one read. The splice switch
+# below does not depend on it: it counts read sizes, which the kernel's
+# receive queue decides (a paused source is read in large pieces when it
+# resumes), not the write buffer.
 WRITE_HIGH_WATER = 256 * 1024
 WRITE_LOW_WATER = 64 * 1024
 

@@ -17,7 +17,6 @@ from typing import TYPE_CHECKING, cast
 
 import httptools
 
-from meshgate import settings
 from meshgate.dataplane.listener import Traffic, client_text
 from meshgate.dataplane.pipe import IdleTimer, connection_ended, connection_opened
 from meshgate.routing.table import ListenerSpec, PoolSpec
@@ -51,7 +50,7 @@ class _Builtin(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports implement asyncio.Transport without subclassing it.
         self.transport = tr = cast(asyncio.Transport, transport)
-        tr.set_write_buffer_limits(settings.WRITE_HIGH_WATER, settings.WRITE_LOW_WATER)
+        tr.set_write_buffer_limits(self.spec.buffer_limit, self.spec.buffer_limit // 4)
         self.client = client_text(tr)
         connection_opened(self.listener, self)
         self.idle = IdleTimer(self._loop, self.pool.timeouts.idle, self._idle, self.listener.timers)

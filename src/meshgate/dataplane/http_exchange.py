@@ -1,11 +1,17 @@
 """One HTTP request and its response, from route decision to the last byte.
 
-`start()` asks `routing.http_decide` what to do. Answers meshgate gives
+`start()` first refuses what must not cost any routing or upstream work:
+every request at overload stage 2 (503, `Connection: close`) and a client
+past its per-client request rate (429, keep-alive kept so it may retry on
+the same connection); both with Retry-After. At stage 1 every response says
+`Connection: close`, as during a drain.
+
+Then it asks `routing.http_decide` what to do. Answers meshgate gives
 itself (404, 403, 421, redirects, 413, 503) are written at once. Otherwise
 the request goes to an upstream connection: an idle keep-alive one to the
 endpoint the balancer picked, or a new one (with failover over the pool's
 other endpoints). Until it is there, request body bytes are buffered up to
-`BODY_BUFFER` and then the client stops being read.
+the listener's `buffer_limit` and then the client stops being read.
 
 Bodies stream both ways without being held whole: each direction's
 backpressure pauses the other side's reading. A chunked request body is
@@ -23,9 +29,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 from typing import TYPE_CHECKING
 
 from meshgate import aio
+from meshgate.dataplane.overload import Stage
 from meshgate.protocols.http1 import (
     LAST_CHUNK,
     Data,
@@ -64,7 +72,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("meshgate.access")
 
-BODY_BUFFER = 256 * 1024
+# Plain ints: looking up an Enum member costs ~80 ns, on every request.
+NO_KEEPALIVE = int(Stage.NO_KEEPALIVE)
+REJECT_REQUESTS = int(Stage.REJECT_REQUESTS)
 IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 
@@ -79,6 +89,7 @@ class Exchange:
         "buffered",
         "bytes_out",
         "chunked_out",
+        "continue_owed",
         "eofs",
         "ep",
         "finished",
@@ -94,6 +105,7 @@ class Exchange:
         "response",
         "response_started",
         "retried",
+        "reusable",
         "reused",
         "route",
         "route_label",
@@ -114,6 +126,14 @@ class Exchange:
         # client's logs to ours; it is a checked token, so no header injection.
         self.request_id = request_id_of(head) or new_request_id()
         self.has_body = head.chunked or bool(head.content_length)
+        # The overload stage is read once per request: from stage 1 on, no
+        # response keeps the connection (clients spread out, sockets free up).
+        self.reusable = (
+            head.keep_alive and head.upgrade is None and server.overload.stage < NO_KEEPALIVE
+        )
+        # A client that asked `Expect: 100-continue` may hold its body back
+        # until we say so (RFC 9110 §10.1.1): its body timer starts then.
+        self.continue_owed = head.expect_continue
         self.request_done = False
         self.route: HttpRouteSpec | None = None
         self.route_label = "-"
@@ -142,6 +162,12 @@ class Exchange:
     # -- start ---------------------------------------------------------------
     def start(self) -> None:
         server = self.server
+        if not self.reusable and self._refused():
+            return
+        buckets = server.buckets
+        if buckets is not None and not buckets.take(server.client_ip_text, self.started):
+            self._refuse(429, "rate_limited", buckets.retry_after(server.client_ip_text))
+            return
         route, decision = decide(
             server.routes,
             self.head,
@@ -190,6 +216,21 @@ class Exchange:
         else:
             aio.spawn(self._connect(candidates), name="http upstream connect")
 
+    def _refused(self) -> bool:
+        """At overload stage 2 and beyond a new request gets 503, before any
+        routing or upstream work; connections in flight finish."""
+        if self.server.overload.stage < REJECT_REQUESTS:
+            return False
+        self._refuse(503, "overloaded", 1.0)
+        return True
+
+    def _refuse(self, status: int, label: str, retry_after: float) -> None:
+        """Refuse the request before routing, with Retry-After in whole seconds."""
+        server = self.server
+        server.listener.ctx.metrics.http_rejected.labels(server.spec.name, label).inc()
+        seconds = max(1, math.ceil(retry_after))  # RFC 9110 §10.2.3: delay-seconds
+        self.respond(status, label, [(b"Retry-After", str(seconds).encode())])
+
     async def _connect(self, candidates: list[EndpointState] | None = None) -> None:
         assert self.pool is not None
         assert self.route is not None
@@ -198,8 +239,10 @@ class Exchange:
         keepalive = ctx.keepalive
         holder: list[UpstreamConn] = []
 
+        limit = self.server.spec.buffer_limit
+
         def factory() -> UpstreamConn:
-            conn = UpstreamConn(None, None, keepalive)
+            conn = UpstreamConn(None, None, keepalive, buffer_limit=limit)
             holder.append(conn)
             return conn
 
@@ -236,8 +279,11 @@ class Exchange:
         conn.sink = self
         conn.exchanges += 1
         conn.parser.expect(self.head.method)
-        if self.head.expect_continue and not self.request_done:
-            self.server.write(CONTINUE)
+        if self.continue_owed:
+            self.continue_owed = False
+            if not self.request_done:
+                self.server.write(CONTINUE)
+                self.server.body_expected()
         conn.write(self.outgoing + b"".join(self.buffer))
         self.buffer.clear()
         self.buffered = 0
@@ -248,14 +294,12 @@ class Exchange:
         """Whether the client connection may carry another request after this one.
 
         Not after an Upgrade request that does not become a tunnel (the parser
-        handed the connection's bytes on), nor once the listener drains (the
-        response says `Connection: close`, RFC 9112 §9.6).
+        handed the connection's bytes on), nor at overload stage 1 and beyond
+        (`reusable`), nor once the listener drains (the response says
+        `Connection: close`, RFC 9112 §9.6). The drain may begin while the
+        request is in flight, so that is asked each time.
         """
-        return (
-            self.head.keep_alive
-            and self.head.upgrade is None
-            and self.server.listener.state.value == "serving"
-        )
+        return self.reusable and self.server.listener.state.value == "serving"
 
     # -- request side --------------------------------------------------------
     def client_event(self, event: RequestEvent) -> None:
@@ -290,7 +334,7 @@ class Exchange:
             return
         self.buffer.append(data)
         self.buffered += len(data)
-        if self.buffered > BODY_BUFFER:
+        if self.buffered > self.server.spec.buffer_limit:
             self.server.pause("body_buffer")
 
     def _body_too_large(self) -> None:

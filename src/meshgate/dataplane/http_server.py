@@ -8,20 +8,38 @@ with their status and the connection is closed after the response had a
 chance to arrive (a lingering close: the write side is shut, what the client
 still sends is read and dropped for a moment, then the socket closes).
 
-Timers: the first request head must be complete within `header_timeout` of
-the connection; between requests the connection may idle `keepalive_timeout`,
-then the next head again has `header_timeout` from its first byte.
+Timers (one timer handle per connection, see `_arm`): the first request head
+must be complete within `header_timeout` of the connection; between requests
+the connection may idle `keepalive_timeout`, then the next head again has
+`header_timeout` from its first byte. Neither is extended by later bytes, so
+a head trickled a line at a time (slowloris) still ends at its deadline. A
+request body may pause at most `body_timeout` between two reads (slow-body
+attacks, stalled uploads): 408 when no response has started, else an abort.
+
+A client that takes no response bytes for `send_timeout` while meshgate waits
+for it (its transport paused our writing, or a close waits to flush) is
+aborted and counted as `send_timeout` (slow-read attacks). Pipelined
+requests wait while the client is not reading, so responses cannot pile up.
+
+Refusals before any routing: at overload stage 2 and beyond every new
+request gets 503 (at stage 1 keep-alive is off, in the exchange); past the
+listener's per-client `request_rate` a request gets 429, with Retry-After.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import fcntl
 import ipaddress
 import logging
+import struct
+import termios
 from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, cast
 
+from meshgate.aio import Deadline
 from meshgate.dataplane.listener import Traffic, client_text
 from meshgate.dataplane.pipe import connection_ended, connection_opened
 from meshgate.dataplane.proxy_accept import Peer
@@ -40,11 +58,31 @@ from meshgate.routing.table import CertRef, ListenerSpec
 if TYPE_CHECKING:
     from meshgate.dataplane.http_exchange import Exchange
     from meshgate.dataplane.listener import Listener
+    from meshgate.dataplane.ratelimit import ClientBuckets
 
 log = logging.getLogger("meshgate.http")
 
 LINGER = 2.0  # seconds a closing connection keeps reading so the client sees our answer
 BACKEND_LABEL = "http"  # connection-level metrics; per-route figures are in http_* metrics
+# The send watch samples progress this many times per send_timeout: a stall
+# is cut between 1 and 1.25 send_timeouts after the client took its last byte.
+SEND_CHECKS = 4
+_OUTQ = struct.Struct("i")  # the int that SIOCOUTQ (TIOCOUTQ) fills in
+
+
+def unsent(transport: asyncio.Transport) -> int:
+    """Bytes written to `transport` that the peer has not acknowledged yet:
+    the transport's buffer plus the kernel's send queue (SIOCOUTQ counts the
+    unsent and the unacknowledged). The kernel part makes any byte the client
+    takes visible at once; the transport's buffer alone only moves when the
+    kernel frees a large part of its queue."""
+    n = transport.get_write_buffer_size()
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
+        # OSError, ValueError: closed meanwhile (no descriptor), or not TCP.
+        with contextlib.suppress(OSError, ValueError):
+            n += _OUTQ.unpack(fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, bytes(4)))[0]
+    return n
 
 
 class HttpServer(asyncio.Protocol):
@@ -56,9 +94,14 @@ class HttpServer(asyncio.Protocol):
         "_pause_reasons",
         "_paused",
         "_pumping",
+        "_send_mark",
+        "_send_moved",
+        "_send_watch",
         "_timer",
         "_timer_at",
+        "_write_paused",
         "backend",
+        "buckets",
         "cert",
         "client",
         "client_eof",
@@ -66,10 +109,12 @@ class HttpServer(asyncio.Protocol):
         "client_ip_text",
         "closed",
         "closing",
+        "end_reason",
         "exchange",
         "failed",
         "listener",
         "loop",
+        "overload",
         "parser",
         "peer",
         "pending",
@@ -95,6 +140,7 @@ class HttpServer(asyncio.Protocol):
         scheme: str = "http",
         sni: str | None = None,
         cert: CertRef | None = None,
+        buckets: ClientBuckets | None = None,
     ) -> None:
         assert spec.http is not None
         self.listener = listener
@@ -104,6 +150,8 @@ class HttpServer(asyncio.Protocol):
         self.scheme = scheme
         self.sni = sni
         self.cert = cert
+        self.buckets = buckets  # the listener's per-client request rate, if any
+        self.overload = listener.ctx.overload  # its `stage` is read once per request
         limits = spec.http.limits
         self.parser = RequestParser(
             Limits(limits.max_request_line, limits.max_header_bytes, limits.max_headers)
@@ -132,12 +180,19 @@ class HttpServer(asyncio.Protocol):
         self._idle = True  # no byte of a next request seen yet
         self._pumping = False
         self.client_eof = False
+        self.end_reason = ""  # why meshgate ended the connection, when it did on an error
         self._paused = False
         self._pause_reasons: set[str] = set()
+        self._write_paused = False  # the client's transport paused our writing
+        self._send_watch: Deadline | None = None
+        self._send_mark = 0  # bytes the client had taken at the last send check
+        self._send_moved = 0.0  # when that count last grew
 
     # -- connection ------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
+        limit = self.spec.buffer_limit  # past it the upstream stops being read
+        self.transport.set_write_buffer_limits(limit, limit // 4)
         self.client = client_text(transport, self.peer)
         addr = self.peer or transport.get_extra_info("peername")
         if addr:
@@ -163,9 +218,11 @@ class HttpServer(asyncio.Protocol):
             return
         if self.failed is not None:
             return  # the parser is dead; the answer waits for the request in flight
-        if self._idle and self.exchange is None:
+        if self._idle and self.exchange is None and not self.skip_body:
             self._idle = False
-            self._arm(self.routes.limits.header_timeout, self._header_timeout)
+            if self.requests:  # the first head's deadline runs from the connection
+                # Armed once, at the head's first byte: later lines never extend it.
+                self._arm(self.routes.limits.header_timeout, self._header_timeout)
         try:
             events = self.parser.feed(data)
         except HttpError as exc:
@@ -177,6 +234,9 @@ class HttpServer(asyncio.Protocol):
         finally:
             if corked:
                 self.uncork()
+        if self._awaiting_body():
+            # Moved on every read: the body may pause, never for body_timeout.
+            self._arm(self.routes.limits.body_timeout, self._body_timeout)
 
     def _take(self, events: list[RequestEvent]) -> None:
         self.pending.extend(events)
@@ -203,8 +263,9 @@ class HttpServer(asyncio.Protocol):
         while pending and not self.closing:
             event = pending[0]
             if isinstance(event, RequestHead):
-                if self.exchange is not None or self.skip_body:
-                    # Pipelined: the next request waits for this one.
+                if self.exchange is not None or self.skip_body or self._write_paused:
+                    # Pipelined: the next request waits for this one, and for
+                    # the client to take the answers it has (else they pile up).
                     self.pause("pipelined")
                     return
                 pending.popleft()
@@ -215,6 +276,8 @@ class HttpServer(asyncio.Protocol):
             if self.skip_body:
                 if isinstance(event, EndOfMessage | Upgraded):
                     self.skip_body = False
+                    # Idle from here: the body timer gives way to keep-alive.
+                    self._arm(self.routes.limits.keepalive_timeout, self._keepalive_timeout)
                 continue
             if self.exchange is not None:
                 self.exchange.client_event(event)
@@ -230,6 +293,7 @@ class HttpServer(asyncio.Protocol):
             self.close_lingering()
 
     def _start(self, head: RequestHead) -> None:
+        """Run the exchange for `head` (it may refuse it at once: overload, rate)."""
         from meshgate.dataplane.http_exchange import Exchange
 
         self.requests += 1
@@ -250,11 +314,16 @@ class HttpServer(asyncio.Protocol):
         if not keep_alive or self.client_eof or self.listener.state.value != "serving":
             self.close_lingering() if not exchange.request_done else self.close()
             return
-        if not exchange.request_done:
-            self.skip_body = True
+        limits = self.routes.limits
         self._idle = True
-        self._arm(self.routes.limits.keepalive_timeout, self._keepalive_timeout)
+        if not exchange.request_done:
+            self.skip_body = True  # the rest of the body is read and dropped
+            self._arm(limits.body_timeout, self._body_timeout)
+        else:
+            self._arm(limits.keepalive_timeout, self._keepalive_timeout)
         self._pump()
+        if self._awaiting_body():  # a pipelined request started, its body to come
+            self._arm(limits.body_timeout, self._body_timeout)
 
     def write(self, data: bytes) -> None:
         if self._cork is not None:
@@ -305,6 +374,7 @@ class HttpServer(asyncio.Protocol):
             self.pause("failed")
             return
         if exchange is not None and exchange.response_started:
+            exchange.label = exc.label  # its log line says why it was cut
             self.abort()  # cannot answer in the middle of a response
             return
         if exchange is not None:
@@ -316,8 +386,8 @@ class HttpServer(asyncio.Protocol):
         self.close_lingering()
 
     def _header_timeout(self) -> None:
-        if self.exchange is not None:
-            return
+        if self.exchange is not None or self.pending:
+            return  # a whole head came (it may wait for the client to read)
         self.listener.ctx.metrics.http_rejected.labels(self.spec.name, "header_timeout").inc()
         if self.requests == 0 and self.traffic.bytes_in == 0:
             self.close()  # never said anything: nothing to answer
@@ -326,8 +396,35 @@ class HttpServer(asyncio.Protocol):
         self.close_lingering()
 
     def _keepalive_timeout(self) -> None:
-        if self.exchange is None and self._idle:
+        if self.exchange is None and self._idle and not self.pending:
             self.close()
+
+    def _awaiting_body(self) -> bool:
+        """Whether meshgate is reading a request body and the client owes the
+        next bytes (not when meshgate itself paused reading)."""
+        if self.closing or self._paused:
+            return False
+        exchange = self.exchange
+        if exchange is None:
+            return self.skip_body
+        return not exchange.request_done and not exchange.continue_owed
+
+    def body_expected(self) -> None:
+        """The exchange told the client to send its body (100 Continue)."""
+        if self._awaiting_body():
+            self._arm(self.routes.limits.body_timeout, self._body_timeout)
+
+    def _body_timeout(self) -> None:
+        """No request body byte for body_timeout (a slow-body attack, a stalled upload)."""
+        if not self._awaiting_body():
+            return  # the body ended, or meshgate paused reading: `resume` re-arms
+        error = HttpError(408, "no request body bytes within body_timeout", "body_timeout")
+        if self.exchange is None:
+            # The rest of a body already answered: there is no request to refuse.
+            self._count_rejection(error)
+            self.close()
+            return
+        self._protocol_error(error)  # 408 and a lingering close, or an abort mid-response
 
     def begin_drain(self) -> None:
         """The listener drains: an idle connection closes now; one in the
@@ -355,8 +452,13 @@ class HttpServer(asyncio.Protocol):
         self.uncork()
         self.closing = True
         self._cancel_timer()
-        if self.transport is not None and not self.closed:
-            self.transport.close()
+        transport = self.transport
+        if transport is not None and not self.closed:
+            if transport.get_write_buffer_size():
+                # The close waits for the buffer to drain: a client that
+                # stopped reading must not hold the socket for ever.
+                self._watch_send()
+            transport.close()
 
     def abort(self) -> None:
         self._cork = None
@@ -386,10 +488,13 @@ class HttpServer(asyncio.Protocol):
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        if self._send_watch is not None:
+            self._send_watch.cancel()
+            self._send_watch = None
         if self.exchange is not None:
             self.exchange.client_lost()
             self.exchange = None
-        reason = "eof" if exc is None else "reset"
+        reason = self.end_reason or ("eof" if exc is None else "reset")
         connection_ended(self.listener, self, self.client, self.started, reason)
 
     # -- flow control ---------------------------------------------------------------
@@ -409,14 +514,71 @@ class HttpServer(asyncio.Protocol):
             self._paused = False
             if not self.closed:
                 self.transport.resume_reading()
+                if self._awaiting_body():  # the client owes bytes again from now
+                    self._arm(self.routes.limits.body_timeout, self._body_timeout)
 
     def pause_writing(self) -> None:
+        """The client's transport holds buffer_limit bytes: stop producing more."""
+        self._write_paused = True
+        self._watch_send()
         if self.exchange is not None:
             self.exchange.client_pause()
 
     def resume_writing(self) -> None:
+        self._write_paused = False
         if self.exchange is not None:
             self.exchange.client_resume()
+        elif self.pending and not self.closing:
+            self._pump()  # pipelined requests held while the client did not read
+
+    # -- send progress ------------------------------------------------------------
+    # While meshgate waits for the client to take bytes, the listener's
+    # Deadlines check a few times per send_timeout that it takes some; a
+    # watch costs nothing to a connection whose client reads.
+    def _watch_send(self) -> None:
+        if self._send_watch is not None or self.closed or self.transport is None:
+            return
+        self._send_mark = self.traffic.bytes_out - unsent(self.transport)
+        self._send_moved = self.loop.time()
+        self._send_later()
+
+    def _send_later(self) -> None:
+        delay = self.routes.limits.send_timeout / SEND_CHECKS
+        self._send_watch = self.listener.timers.call_later(delay, self._check_send)
+
+    def _check_send(self) -> None:
+        self._send_watch = None
+        transport = self.transport
+        if self.closed or transport is None:
+            return
+        waiting = self._write_paused or (self.closing and transport.get_write_buffer_size() > 0)
+        if not waiting:
+            return  # the client caught up; a new pause starts a new watch
+        taken = self.traffic.bytes_out - unsent(transport)
+        now = self.loop.time()
+        if taken > self._send_mark:
+            self._send_mark, self._send_moved = taken, now
+        elif now - self._send_moved >= self.routes.limits.send_timeout:
+            self._send_stalled()
+            return
+        self._send_later()
+
+    def _send_stalled(self) -> None:
+        log.info(
+            "client takes no response bytes, aborted",
+            extra={
+                "fields": {
+                    "listener": self.spec.name,
+                    "client": self.client,
+                    "reason": "send_timeout",
+                    "unsent": self.transport.get_write_buffer_size() if self.transport else 0,
+                }
+            },
+        )
+        self.end_reason = "send_timeout"  # counted in connection_errors when it ends
+        if self.exchange is not None:
+            self.exchange.label = "send_timeout"
+        self.abort()
 
     # -- timers -----------------------------------------------------------------
     # One timer handle per connection, moved only when it must fire earlier:

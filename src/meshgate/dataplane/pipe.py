@@ -266,7 +266,8 @@ class Relay(asyncio.Protocol):
         # terminator's does); uvloop starts reading after connection_made
         # whatever is asked here, and data_received keeps what comes early.
         client.pause_reading()
-        client.set_write_buffer_limits(settings.WRITE_HIGH_WATER, settings.WRITE_LOW_WATER)
+        limit = self.spec.buffer_limit  # soft: one read (up to 256 KiB) may go past it
+        client.set_write_buffer_limits(limit, limit // 4)
         listener = self.listener
         connection_opened(listener, self)
         timers = listener.timers
@@ -344,7 +345,7 @@ class Relay(asyncio.Protocol):
             return
         self.upstream = transport
         self.upstream_open = True
-        transport.set_write_buffer_limits(settings.WRITE_HIGH_WATER, settings.WRITE_LOW_WATER)
+        transport.set_write_buffer_limits(self.spec.buffer_limit, self.spec.buffer_limit // 4)
         if self.pool.proxy_protocol is not None and self.client is not None:
             transport.write(
                 proxy_header(self.pool.proxy_protocol, self.client, self.peer, self.sni)
@@ -477,7 +478,7 @@ class Relay(asyncio.Protocol):
                 self._splice.abort()  # our descriptors of the sockets, unused
                 self._splice = None
             src, dst = (client, upstream) if from_client else (upstream, client)
-            dst.set_write_buffer_limits(settings.WRITE_HIGH_WATER, settings.WRITE_LOW_WATER)
+            dst.set_write_buffer_limits(self.spec.buffer_limit, self.spec.buffer_limit // 4)
             if not self.closing and not (self.client_eof if from_client else self.upstream_eof):
                 src.resume_reading()
 

@@ -9,7 +9,9 @@ byte, the peeked hello first, into an `ssl.SSLObject` over two MemoryBIOs
 
 Flow control passes straight through: the Relay pausing its client pauses
 the raw socket, plaintext already decrypted waits until it resumes; the raw
-socket's write buffer filling pauses the Relay's upstream reading.
+socket's write buffer filling pauses the Relay's upstream reading. The
+buffer limits the app sets on its PlainTransport are the raw socket's; the
+same high-water mark bounds plaintext held back until the handshake ends.
 EOF-handling: a close_notify or a TCP FIN from the client is the Relay's
 `eof_received`; the Relay's `write_eof` sends close_notify and a FIN.
 """
@@ -84,7 +86,7 @@ class TlsTerminator(asyncio.Protocol):
             if self._early_paused:
                 self._early_paused = False
                 raw = self.raw
-                if raw is not None and raw.get_write_buffer_size() <= settings.WRITE_HIGH_WATER:
+                if raw is not None and raw.get_write_buffer_size() <= self._high_water():
                     self.app.resume_writing()
         self.pump()
 
@@ -138,6 +140,13 @@ class TlsTerminator(asyncio.Protocol):
         if self.raw is not None:
             self.raw.abort()
 
+    def _high_water(self) -> int:
+        """The raw socket's high-water mark: what the app set through
+        PlainTransport (the listener's buffer_limit), else the default."""
+        if self.raw is None:
+            return settings.WRITE_HIGH_WATER
+        return self.raw.get_write_buffer_limits()[1]
+
     def encrypt(self, data: bytes) -> None:
         if not self.handshaken:
             # An upstream that speaks first (SMTP-style banner) before the
@@ -146,7 +155,7 @@ class TlsTerminator(asyncio.Protocol):
             # a talkative upstream fill memory).
             self._early_plain.append(data)
             self._early_size += len(data)
-            if self._early_size > settings.WRITE_HIGH_WATER and not self._early_paused:
+            if self._early_size > self._high_water() and not self._early_paused:
                 self._early_paused = True
                 self.app.pause_writing()
             return
@@ -213,6 +222,9 @@ class PlainTransport(asyncio.Transport):
 
     def get_write_buffer_size(self) -> int:
         return self._raw().get_write_buffer_size()
+
+    def get_write_buffer_limits(self) -> tuple[int, int]:
+        return self._raw().get_write_buffer_limits()
 
     def get_extra_info(self, name: str, default: Any = None) -> Any:
         if name == "ssl_object":

@@ -156,6 +156,10 @@ class _Raw(asyncio.Transport):
     def get_write_buffer_size(self) -> int:
         return 0  # as if the socket took everything
 
+    def get_write_buffer_limits(self) -> tuple[int, int]:
+        # The marks a Relay sets when it has no listener's buffer_limit.
+        return settings.WRITE_LOW_WATER, settings.WRITE_HIGH_WATER
+
 
 def test_upstream_data_before_the_handshake_is_bounded() -> None:
     # The upstream speaks while the client is still shaking hands (slowly):
