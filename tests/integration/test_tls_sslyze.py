@@ -308,23 +308,12 @@ def test_terminating_listener_meets_mozilla_intermediate(
     assert reneg["supports_secure_renegotiation"] is True
     assert reneg["is_vulnerable_to_client_renegotiation_dos"] is False
 
-    # Key-exchange groups ("tls_curves"): the one check meshgate fails today.
+    # Key-exchange groups ("tls_curves"): only the profile's (tls_groups.py).
     groups = {c["name"] for c in scan.result("elliptic_curves")["supported_curves"] or []}
-    extra_groups = groups - KEX_GROUPS
+    assert groups <= KEX_GROUPS, sorted(groups - KEX_GROUPS)
+    assert "X25519" in groups
 
     # sslyze's verdict: exit 0 means compliant. (It also exits 0 when it
     # could not connect at all, hence the completeness checks above.)
-    if scan.returncode == 0:
-        assert scan.issues == {}
-        assert extra_groups == set(), extra_groups
-        return
-    assert scan.returncode == 1, scan.stdout
-    # Known gap, and the only one allowed here: certs.server_context leaves
-    # OpenSSL's default groups, so X448 and secp521r1 are accepted too, and
-    # Python 3.11's ssl can restrict them only to a single group
-    # (set_ecdh_curve). Any other failed check fails this test.
-    assert set(scan.issues) == {"tls_curves"}, scan.issues
-    assert extra_groups, scan.issues
-    pytest.xfail(
-        f"meshgate accepts key-exchange groups outside the profile: {sorted(extra_groups)}"
-    )
+    assert scan.returncode == 0, scan.issues
+    assert scan.issues == {}

@@ -23,6 +23,7 @@ import ssl
 import tempfile
 from dataclasses import dataclass
 
+from meshgate.dataplane.tls_groups import restrict_groups, warn_once
 from meshgate.routing.match import select_cert
 from meshgate.routing.table import (
     CertRef,
@@ -153,6 +154,8 @@ def server_context(cert: CertRef, alpn: tuple[str, ...]) -> ssl.SSLContext:
     ctx.options |= ssl.OP_NO_COMPRESSION | ssl.OP_NO_RENEGOTIATION
     # Let the client's order win: every suite offered is strong (Mozilla's advice).
     ctx.options &= ~ssl.OP_CIPHER_SERVER_PREFERENCE
+    if not restrict_groups(ctx):
+        warn_once()
     try:
         _load_chain(ctx, cert)
     except FileNotFoundError as exc:
