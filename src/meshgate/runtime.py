@@ -577,7 +577,12 @@ class Runtime:
                 "reason": "no mesh interface: listening on a fallback address",
                 "mesh": self._mesh_json(),
             }
-        return True, {"ready": True, "version": self.version}
+        detail: dict[str, Any] = {"ready": True, "version": self.version}
+        if self.last_reload and self.last_reload.get("result") != "ok":
+            # Still ready (the previous table serves), but a rejected or
+            # partial reload is what an operator looking here wants to see.
+            detail["last_reload"] = self.last_reload
+        return True, detail
 
     def _mesh_json(self) -> dict[str, Any] | None:
         if self.mesh is None:

@@ -77,6 +77,11 @@ def test_sighup_adds_listener_and_rejects_bad_file(tmp_path: Path) -> None:
         assert port_open(first)
         assert port_open(second)
         assert mg.metric("meshgate_reloads_total", result="rejected") == 1
+        # Still ready (version 2 serves), and /readyz says what was rejected.
+        ready = mg.json("/readyz")
+        assert ready["ready"] is True
+        assert ready["last_reload"]["result"] == "rejected"
+        assert "listeners[0].port" in ready["last_reload"]["error"]
 
 
 def test_sigterm_drains_established_connections_then_exits_0(tmp_path: Path) -> None:
