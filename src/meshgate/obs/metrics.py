@@ -62,7 +62,7 @@ class Metrics:
         )
         self.endpoint_healthy = Gauge(
             "meshgate_endpoint_healthy",
-            "1 when an endpoint takes new connections, 0 while ejected",
+            "1 when an endpoint takes new connections, 0 while ejected or failing its health check",
             ("backend", "endpoint"),
             registry=r,
         )
