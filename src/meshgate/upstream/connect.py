@@ -318,6 +318,10 @@ class Connecting:
         if waiting is not None:
             waiting.remove_done_callback(self._step)
             self._waiting = None
+            # Settled now, before uvloop reports the connect it aborts below
+            # (ECANCELED) into it: an exception nobody awaits any more would
+            # be logged as "Future exception was never retrieved".
+            waiting.cancel()
         self._end_attempt()
         coro.close()  # uvloop closes the transport it was making
         if self._ep is not None:

@@ -204,3 +204,29 @@ async def test_connecting_a_name() -> None:
         ((transport, ep),) = owner.connected
         transport.close()
     assert ep.addr.host == "localhost"
+
+
+@pytest.mark.parametrize("wait", [0.0, 0.05])
+async def test_connecting_cancelled_leaves_no_unretrieved_exception(wait: float) -> None:
+    """A client that goes away while its upstream connect is under way (at
+    once, or while the SYN waits) must not leave an error for the loop."""
+    loop = asyncio.get_running_loop()
+    errors: list[dict[str, object]] = []
+    loop.set_exception_handler(lambda _, context: errors.append(context))
+    with listening() as live, syn_black_hole() as hole:
+        # Waiting, only the black hole is still connecting (the live port has
+        # answered and the connection is the owner's).
+        for port in (hole,) if wait else (live, hole):
+            for _ in range(20):
+                p = pool(("127.0.0.1", port), connect_timeout=1.0)
+                connecting = Connecting(loop, p, asyncio.Protocol, Metrics(), Owner())
+                if wait:
+                    await asyncio.sleep(wait)
+                connecting.cancel()
+                assert p.endpoints[0].in_flight == 0
+        await asyncio.sleep(0.1)
+        import gc
+
+        gc.collect()  # "never retrieved" is reported when the future is freed
+        await asyncio.sleep(0)
+    assert errors == []
