@@ -41,7 +41,15 @@ class ResponseSink(Protocol):
     def upstream_resume(self) -> None: ...
 
 
-class UpstreamConn(asyncio.Protocol):
+# Response bytes are read into one buffer shared by every upstream connection
+# (the loop runs one read at a time, and each read is copied out before the
+# next), at most the connection's buffer limit at a time. uvloop's own reads
+# take up to 256 KiB: to a client that reads slowly, each of those would sit
+# whole in meshgate's memory past the limit (1,000 slow readers: ~300 MiB).
+_READ_BUFFER = memoryview(bytearray(settings.WRITE_HIGH_WATER))
+
+
+class UpstreamConn(asyncio.BufferedProtocol):
     __slots__ = (
         "buffer_limit",
         "closed",
@@ -52,6 +60,7 @@ class UpstreamConn(asyncio.Protocol):
         "key",
         "parser",
         "raw",
+        "read_size",
         "sink",
         "transport",
     )
@@ -69,6 +78,7 @@ class UpstreamConn(asyncio.Protocol):
         # read: the listener's limit, of the listener that opened it (a reused
         # connection keeps it; listeners rarely differ).
         self.buffer_limit = buffer_limit
+        self.read_size = max(1, min(buffer_limit, len(_READ_BUFFER)))
         self.key = key
         self.keepalive = keepalive
         self.parser = ResponseParser(Limits())
@@ -82,6 +92,12 @@ class UpstreamConn(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
         self.transport.set_write_buffer_limits(self.buffer_limit, self.buffer_limit // 4)
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return _READ_BUFFER[: self.read_size]
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self.data_received(bytes(_READ_BUFFER[:nbytes]))
 
     def data_received(self, data: bytes) -> None:
         sink = self.sink
