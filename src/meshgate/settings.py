@@ -61,6 +61,10 @@ PROXY_SHUTDOWN_GRACE = 5.0
 # receive queue decides (a paused source is read in large pieces when it
 # resumes), not the write buffer.
 WRITE_HIGH_WATER = 256 * 1024
+# Unsent bytes a client socket may queue in the kernel (TCP_NOTSENT_LOWAT,
+# dataplane/listener.limit_unsent): enough to keep a fast client's window
+# full between two wake-ups, little enough that a slow reader holds no more.
+NOTSENT_LOWAT = 128 * 1024
 WRITE_LOW_WATER = 64 * 1024
 
 # Zero-copy relay of bulk TCP flows (dataplane/splice.py): once a direction

@@ -559,3 +559,38 @@ def test_stage_2_refuses_new_requests_with_503_before_the_backend(inproc: InProc
     inproc.set_stage(Stage.NORMAL)
     with Client(inproc.port) as c:
         assert c.request("/").status == 200
+
+
+def test_a_slow_reader_parks_little_in_the_kernel(tmp_path: Path) -> None:
+    """The socket to a client that reads nothing takes no more than about
+    settings.NOTSENT_LOWAT (TCP_NOTSENT_LOWAT): without it the kernel's
+    autotuned send buffer would park up to 4 MiB per slow reader."""
+    require("ss")
+    backend = StuffingBackend("127.0.0.9")
+    port = free_port()
+    config = tmp_path / "lowat.yaml"
+    config.write_text(
+        f"""
+listeners:
+  - {{name: web, address: 127.0.0.1, port: {port}, protocol: http,
+     http: {{default_backend: b, send_timeout: 60}}}}
+backends:
+  - {{name: b, endpoints: ["127.0.0.9:{backend.port}"]}}
+"""
+    )
+    try:
+        with running(["-c", str(config)], tmp_path), socket.socket() as client:
+            client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            client.connect(("127.0.0.1", port))
+            client.sendall(request("/"))
+            time.sleep(1.5)  # the backend pushes as long as anything takes its bytes
+            shown = subprocess.run(
+                ["ss", "-tnH", "state", "established", f"( sport = :{port} )"],
+                capture_output=True,
+                text=True,
+                check=True,
+            ).stdout.split()
+            queued = int(shown[1])  # Send-Q of meshgate's socket to the client
+            assert 0 < queued < 512 << 10, f"{queued} bytes queued for a client reading nothing"
+    finally:
+        backend.close()

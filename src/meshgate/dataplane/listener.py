@@ -20,6 +20,7 @@ and stop accepting at a cap or at overload stage 3 (see stream.py).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import socket
 from abc import ABC, abstractmethod
@@ -131,6 +132,24 @@ def client_text(transport: asyncio.BaseTransport, announced: tuple[str, int] | N
     return hostport(peer[0], peer[1]) if peer else "-"
 
 
+# TCP_NOTSENT_LOWAT (Linux 3.12; the constant is missing from some Pythons).
+_TCP_NOTSENT_LOWAT = getattr(socket, "TCP_NOTSENT_LOWAT", 25)
+
+
+def limit_unsent(sock: socket.socket) -> None:
+    """Bound the bytes a client socket queues in the kernel before they can be
+    sent: the send buffer autotunes to 4 MiB, and a client that advertises a
+    tiny window (a slow-read attack) would park all of it, per connection,
+    in kernel memory; 1,000 such clients put the whole machine under TCP
+    memory pressure. With TCP_NOTSENT_LOWAT the socket stops taking writes
+    once this much is unsent, so backpressure reaches meshgate (and its
+    per-connection buffer limit) instead. Bytes in flight are not limited:
+    throughput to distant clients keeps the autotuned window. Set on the
+    listening socket: accepted sockets inherit it."""
+    with contextlib.suppress(OSError):  # not Linux: the kernel's own limits apply
+        sock.setsockopt(socket.IPPROTO_TCP, _TCP_NOTSENT_LOWAT, settings.NOTSENT_LOWAT)
+
+
 def listening_socket(spec: ListenerSpec) -> socket.socket:
     """The listening TCP socket of a tcp, tls, http or https listener.
 
@@ -150,6 +169,7 @@ def listening_socket(spec: ListenerSpec) -> socket.socket:
             # "::" means IPv6 only, as the loop's create_server would have it;
             # an IPv4 listener on the same port is a listener of its own.
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        limit_unsent(sock)
         sock.bind((address, port))
         sock.listen(settings.LISTEN_BACKLOG)
         sock.setblocking(False)
