@@ -177,6 +177,25 @@ async def test_listener_cap_pauses_accepting_and_a_queued_client_is_served_when_
         assert await echoed(await connect(port))
 
 
+async def test_queued_clients_that_left_are_dropped_without_being_served() -> None:
+    port = free_port()
+    async with plane(table([echo_listener(port, limits={"max_connections": 1})])) as dp:
+        held = await connect(port)
+        assert await echoed(held)
+        await until(lambda: not status_of(dp, "e")["accepting"], "the listener to pause")
+        # A flood that gives up while queued, then one client that stays.
+        gone = [await connect(port) for _ in range(30)]
+        await close(*gone)
+        alive = await connect(port)
+        await close(held)
+        # The dead ones are closed unserved as the queue drains: the live
+        # client gets the slot at once, not after 30 relays came and went.
+        assert await echoed(alive)
+        assert refused(dp, "e", "client_gone") == 30
+        assert status_of(dp, "e")["total"] == 2  # only `held` and `alive` were served
+        await close(alive)
+
+
 async def test_many_queued_clients_wait_their_turn_instead_of_being_refused() -> None:
     port = free_port()
     async with plane(table([echo_listener(port, limits={"max_connections": 3})])) as dp:

@@ -201,6 +201,13 @@ class StreamListener(Listener):
             except OSError as exc:
                 self._accept_failed(exc)
                 return
+            if _client_gone(conn):
+                # Queued while paused and left since (a flood that stopped):
+                # closed here, before any upstream work, so the queue drains
+                # at once and the next live client is not kept waiting.
+                conn.close()
+                self.ctx.metrics.connection_refused(self.spec.name, "client_gone")
+                continue
             self._adopt(conn)
 
     def _adopt(self, conn: socket.socket) -> None:
@@ -397,3 +404,14 @@ def _finish_later(coro: Coroutine[Any, Any, object], waited: object) -> None:
         waited.add_done_callback(step)
     else:  # a bare yield
         asyncio.get_running_loop().call_soon(step, None)
+
+
+def _client_gone(conn: socket.socket) -> bool:
+    """Whether the client of a just-accepted socket has already closed or
+    reset it (a peek: nothing it sent is consumed)."""
+    try:
+        return conn.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
+    except (BlockingIOError, InterruptedError):
+        return False  # alive, nothing sent yet
+    except OSError:
+        return True  # reset

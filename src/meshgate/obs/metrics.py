@@ -134,7 +134,7 @@ class Metrics:
         )
         self.connections_refused = Counter(
             "meshgate_connections_refused",
-            "Connections closed at accept, by reason (not_allowed, listener_limit, "
+            "Connections closed at accept, by reason (not_allowed, listener_limit, client_gone, "
             "global_limit, client_limit, client_rate, overload)",
             ("listener", "reason"),
             registry=r,
