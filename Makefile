@@ -75,3 +75,17 @@ FUZZ ?=
 fuzz: $(STAMP)
 	@$(BIN)/python -c 'import atheris' 2>/dev/null || $(BIN)/python -m pip install --quiet --only-binary atheris -e '.[dev,fuzz]'
 	$(BIN)/python -m tests.fuzz.run --seconds $(FUZZ_SECONDS) $(FUZZ)
+
+## make stress: the stress suite (tests/stress, marker `stress`): connections held
+## across reloads, wrk under reloads, slow clients (slowhttptest, slowloris), a
+## connection flood, malformed hellos, SIGTERM under load, a soak
+## (STRESS_SOAK_SECONDS, default 600) and sslyze; ~14 min on 2 cores. Needs
+## wrk, slowhttptest, nginx and ss (iproute2), from apt as .ci/run installs
+## them; installs the `stress` extra (slowloris). Figures, one JSON line per
+## test: $(STRESS_REPORT).
+STRESS_REPORT ?= .stress-report.jsonl
+STRESS_ARGS ?=
+.PHONY: stress
+stress: $(STAMP)
+	@test -x $(BIN)/slowloris || $(BIN)/python -m pip install --quiet -e '.[dev,stress]'
+	STRESS_REPORT=$(STRESS_REPORT) $(BIN)/pytest -m stress -p no:randomly -o timeout=900 tests/stress $(STRESS_ARGS)
