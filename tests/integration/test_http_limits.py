@@ -337,9 +337,11 @@ class StuffingBackend:
         self.sock.close()
 
 
-def stuffed(tmp: Path, limit: int) -> int:
-    """Bytes a backend could push through meshgate to a client that reads
-    nothing, with `limit` as meshgate's connection_buffer."""
+@contextlib.contextmanager
+def stuffing(tmp: Path, limit: int) -> Iterator[tuple[socket.socket, StuffingBackend]]:
+    """meshgate (with `limit` as its connection_buffer) between a backend that
+    pushes bytes for as long as anything takes them and a client that has
+    sent its request and reads nothing."""
     backend = StuffingBackend("127.0.0.9")
     port = free_port()
     config = tmp / f"buffer-{limit}.yaml"
@@ -358,9 +360,15 @@ limits: {{connection_buffer: {limit}}}
             client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
             client.connect(("127.0.0.1", port))
             client.sendall(request("/"))
-            return backend.sent.result(30)
+            yield client, backend
     finally:
         backend.close()
+
+
+def stuffed(tmp: Path, limit: int) -> int:
+    """Bytes the backend could push through meshgate to the client that reads nothing."""
+    with stuffing(tmp, limit) as (_, backend):
+        return backend.sent.result(30)
 
 
 def test_a_client_that_stops_reading_stops_the_upstream_within_the_buffer_limit(
@@ -566,31 +574,14 @@ def test_a_slow_reader_parks_little_in_the_kernel(tmp_path: Path) -> None:
     settings.NOTSENT_LOWAT (TCP_NOTSENT_LOWAT): without it the kernel's
     autotuned send buffer would park up to 4 MiB per slow reader."""
     require("ss")
-    backend = StuffingBackend("127.0.0.9")
-    port = free_port()
-    config = tmp_path / "lowat.yaml"
-    config.write_text(
-        f"""
-listeners:
-  - {{name: web, address: 127.0.0.1, port: {port}, protocol: http,
-     http: {{default_backend: b, send_timeout: 60}}}}
-backends:
-  - {{name: b, endpoints: ["127.0.0.9:{backend.port}"]}}
-"""
-    )
-    try:
-        with running(["-c", str(config)], tmp_path), socket.socket() as client:
-            client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-            client.connect(("127.0.0.1", port))
-            client.sendall(request("/"))
-            time.sleep(1.5)  # the backend pushes as long as anything takes its bytes
-            shown = subprocess.run(
-                ["ss", "-tnH", "state", "established", f"( sport = :{port} )"],
-                capture_output=True,
-                text=True,
-                check=True,
-            ).stdout.split()
-            queued = int(shown[1])  # Send-Q of meshgate's socket to the client
-            assert 0 < queued < 512 << 10, f"{queued} bytes queued for a client reading nothing"
-    finally:
-        backend.close()
+    with stuffing(tmp_path, 64 << 10) as (client, _):
+        time.sleep(1.5)  # the backend pushes as long as anything takes its bytes
+        port = client.getpeername()[1]
+        shown = subprocess.run(
+            ["ss", "-tnH", "state", "established", f"( sport = :{port} )"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.split()
+        queued = int(shown[1])  # Send-Q of meshgate's socket to the client
+        assert 0 < queued < 512 << 10, f"{queued} bytes queued for a client reading nothing"
