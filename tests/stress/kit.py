@@ -182,6 +182,16 @@ class Gate(Meshgate):
         return [line for line in self.log().splitlines() if "Traceback" in line]
 
 
+def terminating_listener(
+    name: str, port: int, cert: Path, key: Path, backend: str, *sni_routes: dict[str, Any]
+) -> dict[str, Any]:
+    """A tls listener whose default route terminates with `cert`/`key`
+    (after any SNI routes given)."""
+    certificate = {"cert": str(cert), "key": str(key)}
+    default = {"default": True, "mode": "terminate", "certificate": certificate, "backend": backend}
+    return {"name": name, "port": port, "protocol": "tls", "routes": [*sni_routes, default]}
+
+
 def start_gate(config: Path, doc: dict[str, Any], tmp: Path, *extra: str) -> Gate:
     write_yaml(config, doc)
     gate = Gate(config, tmp, list(extra))

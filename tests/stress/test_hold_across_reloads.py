@@ -42,6 +42,7 @@ from tests.stress.kit import (
     peer_certificate,
     start_gate,
     start_server,
+    terminating_listener,
 )
 
 pytestmark = [pytest.mark.stress, pytest.mark.timeout(900)]
@@ -74,19 +75,7 @@ def config(ports: dict[str, int], cert: CertFiles, change: int) -> dict[str, Any
                 "access_log": False,
             },
         },
-        {
-            "name": "edge",
-            "port": ports["edge"],
-            "protocol": "tls",
-            "routes": [
-                {
-                    "default": True,
-                    "mode": "terminate",
-                    "certificate": certificate,
-                    "backend": "echo",
-                }
-            ],
-        },
+        terminating_listener("edge", ports["edge"], cert.cert, cert.key, "echo"),
         {
             "name": "secure",
             "port": ports["secure"],

@@ -46,6 +46,7 @@ from tests.stress.kit import (
     percentile,
     start_gate,
     start_server,
+    terminating_listener,
 )
 
 pytestmark = [pytest.mark.stress, pytest.mark.timeout(300)]
@@ -277,23 +278,16 @@ def send_all(port: int, inputs: dict[str, bytes], outcome: Outcome) -> None:
 
 
 def config(ports: dict[str, int], cert: CertFiles) -> dict[str, Any]:
-    certificate = {"cert": str(cert.cert), "key": str(cert.key)}
     return {
         "listeners": [
-            {
-                "name": "edge",
-                "port": ports["edge"],
-                "protocol": "tls",
-                "routes": [
-                    {"sni": [PASS_SNI], "backend": "echo"},
-                    {
-                        "default": True,
-                        "mode": "terminate",
-                        "certificate": certificate,
-                        "backend": "echo",
-                    },
-                ],
-            },
+            terminating_listener(
+                "edge",
+                ports["edge"],
+                cert.cert,
+                cert.key,
+                "echo",
+                {"sni": [PASS_SNI], "backend": "echo"},
+            ),
             {
                 "name": "pp",
                 "port": ports["pp"],

@@ -42,6 +42,7 @@ from tests.stress.kit import (
     start_gate,
     start_nginx,
     start_server,
+    terminating_listener,
 )
 
 SOAK = int(os.environ.get("STRESS_SOAK_SECONDS", "600"))
@@ -73,19 +74,7 @@ def config(ports: dict[str, int], cert: CertFiles, reload: int = 0) -> dict[str,
                 "http": {"routes": routes, "default_backend": "app", "access_log": False},
             },
             {"name": "relay", "port": ports["relay"], "protocol": "tcp", "backend": "echo"},
-            {
-                "name": "edge",
-                "port": ports["edge"],
-                "protocol": "tls",
-                "routes": [
-                    {
-                        "default": True,
-                        "mode": "terminate",
-                        "certificate": {"cert": str(cert.cert), "key": str(cert.key)},
-                        "backend": "echo",
-                    }
-                ],
-            },
+            terminating_listener("edge", ports["edge"], cert.cert, cert.key, "echo"),
         ],
         "backends": [
             {"name": "app", "endpoints": [f"127.0.0.1:{ports['nginx']}"]},

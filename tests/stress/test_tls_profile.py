@@ -10,13 +10,9 @@ JSON is checked here for what the profile asks of a server: TLS 1.2 and 1.3
 only, the profile's cipher suites, forward secrecy, a trusted certificate, no
 known vulnerability.
 
-sslyze exits 0 when the server is compliant. One known gap is treated as in
-test_tls_sslyze.py: meshgate's server contexts keep OpenSSL's default
-key-exchange groups, so X448 and secp521r1 are offered besides the profile's
-X25519, P-256 and P-384 (Python 3.11's ssl can only narrow the groups to a
-single curve, `set_ecdh_curve`). A scan whose only failed check is
-`tls_curves`, for those groups only, makes the test an xfail naming them;
-any other failed check fails it.
+sslyze exits 0 when the server is compliant: every check passes, the
+key-exchange groups included (X25519, P-256 and P-384 only: see
+dataplane/tls_groups.py).
 """
 
 from __future__ import annotations
@@ -41,31 +37,15 @@ from tests.integration.test_tls_sslyze import (
     suites,
 )
 from tests.stress.conftest import Procs
-from tests.stress.kit import Figures, Gate, start_gate, start_server
+from tests.stress.kit import Figures, Gate, start_gate, start_server, terminating_listener
 
 pytestmark = [pytest.mark.stress, pytest.mark.timeout(300)]
-
-# What sslyze may find beyond the profile's groups without failing the test
-# (the known gap above); anything else is a failure.
-KNOWN_EXTRA_GROUPS = {"X448", "secp521r1"}
 
 
 def config(ports: dict[str, int], edge: Issued, secure: Issued) -> dict[str, Any]:
     return {
         "listeners": [
-            {
-                "name": "edge",
-                "port": ports["edge"],
-                "protocol": "tls",
-                "routes": [
-                    {
-                        "default": True,
-                        "mode": "terminate",
-                        "certificate": {"cert": str(edge.cert), "key": str(edge.key)},
-                        "backend": "echo",
-                    }
-                ],
-            },
+            terminating_listener("edge", ports["edge"], edge.cert, edge.key, "echo"),
             {
                 "name": "secure",
                 "port": ports["secure"],
@@ -169,23 +149,11 @@ def test_terminating_listeners_meet_mozilla_intermediate(
     figures.update(scans=verdicts)
     assert gate.proc.poll() is None, f"meshgate exited {gate.proc.returncode} during the scans"
 
-    known_gap = []
     for name, verdict in verdicts.items():
         assert not verdict["problems"], f"{name}: outside the profile: {verdict['problems']}"
-        if verdict["exit"] == 0:
-            assert verdict["failed_checks"] == {}, (name, verdict)
-            continue
-        assert verdict["exit"] == 1, f"{name}: sslyze exited {verdict['exit']}"
-        assert set(verdict["failed_checks"]) == {"tls_curves"}, (
+        assert verdict["extra_groups"] == [], f"{name}: groups beyond the profile"
+        assert verdict["exit"] == 0, (
             f"{name}: sslyze found the listener out of the intermediate profile: "
             f"{verdict['failed_checks']}"
         )
-        extra = set(verdict["extra_groups"] or ())
-        assert extra, f"{name}: tls_curves failed but every group is the profile's"
-        assert extra <= KNOWN_EXTRA_GROUPS, f"{name}: unexpected key-exchange groups: {extra}"
-        known_gap.append(f"{name}: {sorted(extra)}")
-    if known_gap:
-        pytest.xfail(
-            "meshgate accepts key-exchange groups outside the profile (OpenSSL's defaults): "
-            + "; ".join(known_gap)
-        )
+        assert verdict["failed_checks"] == {}, (name, verdict)
