@@ -59,13 +59,13 @@ def check_is(mg: Meshgate, backend: str, address: str, status: str) -> Callable[
     return lambda: endpoint(mg, backend, address)["check"] == status
 
 
-def test_a_tcp_check_takes_a_closed_port_out_and_brings_it_back(tmp_path: Path) -> None:
-    port, down = free_port(), free_port()  # nothing listens on `down` yet
-    bad = f"127.0.0.1:{down}"
-    with HttpBackend("good", "127.0.0.2") as good:
-        config = tmp_path / "meshgate.yaml"
-        config.write_text(
-            f"""
+def write_web_config(path: Path, port: int, endpoints: list[str], backend_options: str) -> None:
+    """An http listener on `port` whose one route goes to backend `app`
+    (`endpoints`), with `backend_options` (YAML lines at the backend's
+    indentation) added to the backend."""
+    quoted = ", ".join(f'"{ep}"' for ep in endpoints)
+    path.write_text(
+        f"""
 listeners:
   - name: web
     address: 127.0.0.1
@@ -75,11 +75,24 @@ listeners:
       routes: [{{path: /, backend: app}}]
 backends:
   - name: app
-    endpoints: ["127.0.0.2:{good.port}", "{bad}"]
-    # Outlier detection out of the way: only the active check may take it out.
-    outlier: {{consecutive_failures: 1000}}
-    health_check: {{type: tcp, {FAST}, unhealthy_threshold: 2, healthy_threshold: 2}}
-"""
+    endpoints: [{quoted}]
+{backend_options}"""
+    )
+
+
+def test_a_tcp_check_takes_a_closed_port_out_and_brings_it_back(tmp_path: Path) -> None:
+    port, down = free_port(), free_port()  # nothing listens on `down` yet
+    bad = f"127.0.0.1:{down}"
+    with HttpBackend("good", "127.0.0.2") as good:
+        config = tmp_path / "meshgate.yaml"
+        write_web_config(
+            config,
+            port,
+            [f"127.0.0.2:{good.port}", bad],
+            # Outlier detection out of the way: only the active check may take it out.
+            "    outlier: {consecutive_failures: 1000}\n"
+            f"    health_check: {{type: tcp, {FAST}, unhealthy_threshold: 2,"
+            " healthy_threshold: 2}\n",
         )
         with running(["-c", str(config)], tmp_path) as mg:
             wait_for(check_is(mg, "app", bad, "unhealthy"), "the closed port marked unhealthy")
@@ -177,18 +190,11 @@ def test_an_http_check_follows_the_status_it_expects(tmp_path: Path, flip: FlipS
     sick = f"127.0.0.3:{flip.port}"
     with HttpBackend("good", "127.0.0.2") as good:
         config = tmp_path / "meshgate.yaml"
-        config.write_text(
-            f"""
-listeners:
-  - name: web
-    address: 127.0.0.1
-    port: {port}
-    protocol: http
-    http:
-      routes: [{{path: /, backend: app}}]
-backends:
-  - name: app
-    endpoints: ["127.0.0.2:{good.port}", "{sick}"]
+        write_web_config(
+            config,
+            port,
+            [f"127.0.0.2:{good.port}", sick],
+            """\
     health_check:
       type: http
       path: /healthz
@@ -198,7 +204,7 @@ backends:
       timeout: 250ms
       unhealthy_threshold: 1
       healthy_threshold: 2
-"""
+""",
         )
         with running(["-c", str(config)], tmp_path) as mg:
             wait_for(check_is(mg, "app", sick, "unhealthy"), "the 500 endpoint marked unhealthy")
