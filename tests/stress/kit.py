@@ -182,6 +182,31 @@ class Gate(Meshgate):
         return [line for line in self.log().splitlines() if "Traceback" in line]
 
 
+def changing_web(
+    ports: dict[str, int], reload: int, added: dict[str, Any]
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The http listener `web` (default backend `app`: nginx) and its
+    backends, as reload number `reload` has them: route `added` on every
+    other reload, a second endpoint for backend `other` on every other pair."""
+    routes: list[dict[str, Any]] = [{"path": "/other", "backend": "other"}]
+    if reload % 2:
+        routes.append(added)
+    other = [f"127.0.0.1:{ports['spare']}"]
+    if reload % 4 >= 2:
+        other.append(f"127.0.0.1:{ports['spare2']}")
+    web = {
+        "name": "web",
+        "port": ports["web"],
+        "protocol": "http",
+        "http": {"routes": routes, "default_backend": "app", "access_log": False},
+    }
+    backends = [
+        {"name": "app", "endpoints": [f"127.0.0.1:{ports['nginx']}"]},
+        {"name": "other", "endpoints": other},
+    ]
+    return web, backends
+
+
 def terminating_listener(
     name: str, port: int, cert: Path, key: Path, backend: str, *sni_routes: dict[str, Any]
 ) -> dict[str, Any]:

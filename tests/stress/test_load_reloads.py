@@ -30,7 +30,16 @@ import pytest
 
 from tests.integration.harness import free_port, wait_for
 from tests.stress.conftest import Procs
-from tests.stress.kit import Figures, Gate, Wrk, WrkResult, run_wrk, start_gate, start_nginx
+from tests.stress.kit import (
+    Figures,
+    Gate,
+    Wrk,
+    WrkResult,
+    changing_web,
+    run_wrk,
+    start_gate,
+    start_nginx,
+)
 
 pytestmark = pytest.mark.stress
 
@@ -48,26 +57,9 @@ REPORT_WITHIN = 5.0  # seconds for a rejected config to show everywhere
 def config(ports: dict[str, int], reload: int = 0) -> dict[str, Any]:
     """The listener under load, and what reload number `reload` changes:
     a route added or removed, the endpoints of another backend changed."""
-    routes: list[dict[str, Any]] = [{"path": "/other", "backend": "other"}]
-    if reload % 2:
-        routes.append({"host": "added.example", "path": f"/r{reload}", "backend": "app"})
-    other = [f"127.0.0.1:{ports['spare']}"]
-    if reload % 4 >= 2:
-        other.append(f"127.0.0.1:{ports['spare2']}")
-    return {
-        "listeners": [
-            {
-                "name": "web",
-                "port": ports["web"],
-                "protocol": "http",
-                "http": {"routes": routes, "default_backend": "app", "access_log": False},
-            }
-        ],
-        "backends": [
-            {"name": "app", "endpoints": [f"127.0.0.1:{ports['nginx']}"]},
-            {"name": "other", "endpoints": other},
-        ],
-    }
+    added = {"host": "added.example", "path": f"/r{reload}", "backend": "app"}
+    web, backends = changing_web(ports, reload, added)
+    return {"listeners": [web], "backends": backends}
 
 
 @dataclass

@@ -36,6 +36,7 @@ from tests.stress.kit import (
     Pki,
     Probe,
     Wrk,
+    changing_web,
     fd_count,
     rss_kib,
     sampling,
@@ -59,28 +60,14 @@ SETTLE = 60.0  # seconds after the traffic for descriptors to come back
 
 
 def config(ports: dict[str, int], cert: CertFiles, reload: int = 0) -> dict[str, Any]:
-    routes: list[dict[str, Any]] = [{"path": "/other", "backend": "other"}]
-    if reload % 2:
-        routes.append({"path": f"/added-{reload}", "backend": "app"})
-    other = [f"127.0.0.1:{ports['spare']}"]
-    if reload % 4 >= 2:
-        other.append(f"127.0.0.1:{ports['spare2']}")
+    web, backends = changing_web(ports, reload, {"path": f"/added-{reload}", "backend": "app"})
     return {
         "listeners": [
-            {
-                "name": "web",
-                "port": ports["web"],
-                "protocol": "http",
-                "http": {"routes": routes, "default_backend": "app", "access_log": False},
-            },
+            web,
             {"name": "relay", "port": ports["relay"], "protocol": "tcp", "backend": "echo"},
             terminating_listener("edge", ports["edge"], cert.cert, cert.key, "echo"),
         ],
-        "backends": [
-            {"name": "app", "endpoints": [f"127.0.0.1:{ports['nginx']}"]},
-            {"name": "echo", "endpoints": [f"127.0.0.1:{ports['echo']}"]},
-            {"name": "other", "endpoints": other},
-        ],
+        "backends": [*backends, {"name": "echo", "endpoints": [f"127.0.0.1:{ports['echo']}"]}],
     }
 
 
