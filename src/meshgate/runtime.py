@@ -14,7 +14,6 @@ import contextlib
 import ipaddress
 import logging
 import os
-import resource
 import signal
 import time
 from collections.abc import Iterable, Sequence
@@ -27,12 +26,13 @@ from meshgate import aio, settings
 from meshgate.admin import AdminServer
 from meshgate.config.model import Config
 from meshgate.dataplane.certs import CertError, TlsStore, cert_files
-from meshgate.dataplane.dataplane import Dataplane, resident_memory
+from meshgate.dataplane.dataplane import Dataplane
 from meshgate.errors import ConfigError
 from meshgate.mesh.bindaddr import BIND_WAIT, BindChoice, choose, explicit, fallback_choice
 from meshgate.mesh.dns import DnsServer
 from meshgate.mesh.names import parse_hosts, records_for
 from meshgate.obs.metrics import Metrics
+from meshgate.obs.process import process_json, raise_descriptor_limit
 from meshgate.obs.recent import RecentErrors
 from meshgate.routing.compile import compile_table, needs_mesh
 from meshgate.routing.table import RouteTable, hostport
@@ -102,55 +102,6 @@ def resolve_options(
     admin = admin_flag or config.admin or settings.ADMIN_LISTEN
     drain = drain_flag or config.drain_timeout or settings.DRAIN_TIMEOUT
     return admin, drain
-
-
-def raise_descriptor_limit() -> None:
-    """Raise the soft RLIMIT_NOFILE to the hard limit, as HAProxy and nginx do:
-    the default soft limit (often 1,024) would cap meshgate at a few hundred
-    proxied connections, while the hard limit is what the administrator
-    allowed. The connection cap (`limits.max_connections`) is derived from
-    the result."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if hard == resource.RLIM_INFINITY:
-        # Unlimited hard limit: the kernel's per-process ceiling still applies.
-        try:
-            with open("/proc/sys/fs/nr_open") as f:
-                hard = int(f.read())
-        except (OSError, ValueError):
-            return
-    if soft == resource.RLIM_INFINITY or soft >= hard:
-        return
-    try:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    except (OSError, ValueError) as exc:
-        log.warning(
-            "cannot raise the descriptor limit",
-            extra={"fields": {"soft": soft, "hard": hard, "error": str(exc)}},
-        )
-        return
-    log.info("descriptor limit raised", extra={"fields": {"from": soft, "to": hard}})
-
-
-def _resident() -> int | None:
-    try:
-        return resident_memory()
-    except OSError:  # not Linux
-        return None
-
-
-def process_json() -> dict[str, Any]:
-    """What a leak would show: tasks, descriptors, resident memory."""
-    try:
-        fds: int | None = len(os.listdir("/proc/self/fd"))
-    except OSError:  # not Linux
-        fds = None
-    return {
-        "pid": os.getpid(),
-        "tasks": len(asyncio.all_tasks()),
-        "open_fds": fds,
-        "fd_limit": resource.getrlimit(resource.RLIMIT_NOFILE)[0],
-        "rss": _resident(),
-    }
 
 
 class Runtime:

@@ -28,9 +28,9 @@ from typing import Any
 import pytest
 
 from meshgate.config.model import Config
-from meshgate.dataplane import dataplane as dataplane_module
 from meshgate.dataplane.dataplane import Dataplane
 from meshgate.dataplane.overload import Stage
+from meshgate.obs import process as process_module
 from meshgate.obs.metrics import Metrics
 from meshgate.routing.compile import compile_table
 from meshgate.routing.table import RouteTable
@@ -526,7 +526,7 @@ async def test_memory_limit_defaults_to_the_cgroup_limit(
 ) -> None:
     # A container's cgroup is the mount's root inside it: memory.max there.
     (tmp_path / "memory.max").write_text("1048576\n")
-    monkeypatch.setattr(dataplane_module, "CGROUP_ROOT", tmp_path)
+    monkeypatch.setattr(process_module, "CGROUP_ROOT", tmp_path)
     port = free_port()
     async with plane(table([echo_listener(port)])) as dp:
         assert dp.status()["overload"]["memory_limit"] == 1 << 20
@@ -545,7 +545,7 @@ async def test_without_a_cgroup_limit_memory_is_not_watched(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     (tmp_path / "memory.max").write_text("max\n")
-    monkeypatch.setattr(dataplane_module, "CGROUP_ROOT", tmp_path)
+    monkeypatch.setattr(process_module, "CGROUP_ROOT", tmp_path)
     async with plane(table([echo_listener(free_port())])) as dp:
         assert dp.status()["overload"]["memory_limit"] is None
         assert stage_of(dp) is Stage.NORMAL

@@ -14,9 +14,6 @@ I/O):
 - overload: the stage (see `overload.Stage`) from the higher of connections
   over the global cap and resident memory over the memory limit, with
   hysteresis so a figure hovering at a threshold does not flap; `next_stage`.
-
-Also here, because they are parsing: the cgroup v2 memory limit from the
-text of /proc/self/cgroup and memory.max.
 """
 
 from __future__ import annotations
@@ -238,30 +235,3 @@ def next_stage(current: Stage, load: float, thresholds: Thresholds) -> Stage:
     rising = thresholds.stage_at(load)
     holding = thresholds.stage_at(load + HYSTERESIS)
     return max(rising, min(current, holding))
-
-
-# -- cgroup v2 memory limit --------------------------------------------------------------
-def cgroup_path(proc_self_cgroup: str) -> str | None:
-    """This process's cgroup v2 path from /proc/self/cgroup ("0::/path")."""
-    for line in proc_self_cgroup.splitlines():
-        hierarchy, _, rest = line.partition(":")
-        controllers, _, path = rest.partition(":")
-        if hierarchy == "0" and controllers == "" and path.startswith("/"):
-            return path
-    return None
-
-
-def cgroup_dirs(path: str | None) -> list[str]:
-    """The cgroup `path` and its ancestors, deepest first, relative to the
-    cgroup2 mount ("" is the root): a limit set on any of them applies."""
-    parts = [p for p in (path or "").split("/") if p and p not in (".", "..")]
-    return ["/".join(parts[:n]) for n in range(len(parts), -1, -1)]
-
-
-def memory_max(text: str) -> int | None:
-    """The value of a memory.max file: bytes, or None for "max" or garbage."""
-    value = text.strip()
-    if not value.isdigit():
-        return None
-    limit = int(value)
-    return limit if limit > 0 else None

@@ -20,10 +20,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import logging
-import os
-import resource
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from meshgate import aio
@@ -31,10 +28,7 @@ from meshgate.dataplane.admission import (
     NO_CAP,
     Figures,
     Thresholds,
-    cgroup_dirs,
-    cgroup_path,
     global_cap,
-    memory_max,
     next_stage,
 )
 from meshgate.dataplane.certs import TlsStore
@@ -46,6 +40,7 @@ from meshgate.dataplane.tcp import TcpListener
 from meshgate.dataplane.tls_listener import TlsListener
 from meshgate.dataplane.udp import UdpListener
 from meshgate.obs.metrics import Metrics
+from meshgate.obs.process import cgroup_memory_limit, descriptor_limit, resident_memory
 from meshgate.routing.table import GlobalLimitsSpec, ListenerKey, ListenerSpec, RouteTable
 from meshgate.upstream.pool import PoolRegistry
 
@@ -55,47 +50,6 @@ log = logging.getLogger("meshgate.dataplane")
 # within a second, and a sample (one read of /proc/self/statm, a few
 # comparisons per listener) costs nothing at this rate.
 SAMPLE_INTERVAL = 0.5
-
-CGROUP_ROOT = Path("/sys/fs/cgroup")  # where cgroup v2 is mounted
-
-
-def descriptor_limit() -> int | None:
-    """The soft RLIMIT_NOFILE; None when unlimited."""
-    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
-    return None if soft == resource.RLIM_INFINITY else soft
-
-
-def resident_memory() -> int:
-    """Resident set size in bytes, from /proc/self/statm (one small read,
-    no parsing of /proc/self/status). Raises OSError when it cannot be
-    read: not Linux, or (EMFILE) no descriptor left to open it with."""
-    with open("/proc/self/statm", "rb") as f:
-        fields = f.read().split()
-    try:
-        return int(fields[1]) * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, IndexError) as exc:
-        raise OSError(f"unexpected /proc/self/statm: {fields!r}") from exc
-
-
-def cgroup_memory_limit(root: Path | None = None) -> int | None:
-    """The lowest cgroup v2 memory.max on the way from this process's
-    cgroup (from /proc/self/cgroup) up to the mount's root; None without a
-    limit. Inside a container the mount's root is usually the container's
-    own cgroup, whose memory.max is the container's limit."""
-    try:
-        own = cgroup_path(Path("/proc/self/cgroup").read_text())
-    except OSError:
-        own = None
-    mount = root or CGROUP_ROOT
-    found: list[int] = []
-    for rel in cgroup_dirs(own):
-        try:
-            limit = memory_max((mount / rel / "memory.max").read_text())
-        except OSError:
-            continue  # not this process's view of the hierarchy, or no limit file
-        if limit is not None:
-            found.append(limit)
-    return min(found, default=None)
 
 
 @dataclass(frozen=True, slots=True)

@@ -22,12 +22,9 @@ from meshgate.dataplane.admission import (
     Slots,
     Thresholds,
     allowed,
-    cgroup_dirs,
-    cgroup_path,
     client_ip,
     counts_clients,
     global_cap,
-    memory_max,
     next_stage,
     over_cap,
     pause_reason,
@@ -195,23 +192,3 @@ def test_stage_never_flaps_on_small_moves(loads: list[float]) -> None:
     for load in loads:
         stage = next_stage(stage, load, T)
         assert T.stage_at(load) <= stage <= T.stage_at(load + HYSTERESIS)
-
-
-# -- cgroup ----------------------------------------------------------------------------
-def test_cgroup_v2_path_is_found_among_v1_lines() -> None:
-    text = "12:memory:/docker/x\n0::/kubepods.slice/pod1/ctr\n"
-    assert cgroup_path(text) == "/kubepods.slice/pod1/ctr"
-    assert cgroup_path("4:cpu:/x\n") is None
-
-
-def test_cgroup_dirs_walk_up_to_the_root() -> None:
-    assert cgroup_dirs("/a/b") == ["a/b", "a", ""]
-    assert cgroup_dirs("/") == [""]
-    assert cgroup_dirs(None) == [""]
-    assert cgroup_dirs("/a/../b") == ["a/b", "a", ""]  # never leaves the mount
-
-
-def test_memory_max_reads_bytes_and_max() -> None:
-    assert memory_max("536870912\n") == 536870912
-    assert memory_max("max\n") is None
-    assert memory_max("") is None
