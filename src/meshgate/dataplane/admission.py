@@ -24,7 +24,7 @@ import sys
 from dataclasses import dataclass
 
 from meshgate.dataplane.overload import Stage
-from meshgate.dataplane.ratelimit import ClientBuckets
+from meshgate.dataplane.ratelimit import ClientBuckets, keep_or_new
 from meshgate.routing.table import ClientLimitsSpec, GlobalLimitsSpec, IpNetwork
 
 IpAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -41,6 +41,7 @@ CLIENT_LIMIT = "client_limit"
 CLIENT_RATE = "client_rate"
 OVERLOAD = "overload"
 FD_EXHAUSTED = "fd_exhausted"
+CLIENT_GONE = "client_gone"  # queued while paused, and closed by its client since
 
 # A stage is left only once its figure is this far below the stage's
 # threshold (0.05 of the cap or memory limit): a load hovering at a threshold
@@ -138,12 +139,11 @@ class ClientLimiter:
     the buckets are made anew when the rate or burst changes.
     """
 
-    __slots__ = ("_buckets", "_shape", "open")
+    __slots__ = ("_buckets", "open")
 
     def __init__(self) -> None:
         self.open: dict[str, int] = {}  # client -> connections open; absent: none
         self._buckets: ClientBuckets | None = None
-        self._shape: tuple[float, int | None] | None = None  # (rate, burst) of the buckets
 
     def check(self, client: str, limits: ClientLimitsSpec, now: float) -> str | None:
         """Refusal reason for a new connection of `client`, or None (then a
@@ -167,9 +167,7 @@ class ClientLimiter:
             self.open.pop(client, None)  # bounded by the open connections, not by history
 
     def _bucket(self, rate: float, burst: int | None) -> ClientBuckets:
-        if self._buckets is None or self._shape != (rate, burst):
-            self._buckets = ClientBuckets(rate, burst)
-            self._shape = (rate, burst)
+        self._buckets = keep_or_new(self._buckets, rate, burst)
         return self._buckets
 
 

@@ -23,7 +23,7 @@ from meshgate.dataplane.http_server import HttpServer
 from meshgate.dataplane.listener import Context, Listener
 from meshgate.dataplane.pipe import Relay
 from meshgate.dataplane.proxy_accept import Peer
-from meshgate.dataplane.ratelimit import ClientBuckets
+from meshgate.dataplane.ratelimit import ClientBuckets, keep_or_new
 from meshgate.dataplane.stream import StreamListener
 from meshgate.dataplane.tls_listener import HelloPeeker, TlsListener
 from meshgate.routing.match import select_sni
@@ -31,16 +31,12 @@ from meshgate.routing.table import ListenerSpec
 
 
 def request_buckets(spec: ListenerSpec, current: ClientBuckets | None) -> ClientBuckets | None:
-    """The buckets for `spec`'s per-client request rate: `current` when its
-    rate and burst are still those, new ones when they changed, None when
-    the listener has no such limit."""
+    """The buckets for `spec`'s per-client request rate (`current` while its
+    rate and burst stay the same); None when the listener has no such limit."""
     limits = spec.per_client
     if limits is None or limits.request_rate is None:
         return None
-    fresh = ClientBuckets(limits.request_rate, limits.burst)
-    if current is not None and (current.rate, current.burst) == (fresh.rate, fresh.burst):
-        return current  # the same limit: clients keep what they have spent
-    return fresh
+    return keep_or_new(current, limits.request_rate, limits.burst)
 
 
 class RequestLimited(Listener):

@@ -17,6 +17,23 @@ import math
 MAX_CLIENTS = 65536
 
 
+def effective_burst(rate: float, burst: int | None) -> float:
+    """The bucket size: as configured, else twice the rate and at least one
+    (a client doing its steady rate with a little jitter is never refused)."""
+    return float(burst if burst is not None else max(1, math.ceil(rate * 2)))
+
+
+def keep_or_new(current: ClientBuckets | None, rate: float, burst: int | None) -> ClientBuckets:
+    """`current` when it already has this rate and burst (a reload that leaves
+    the limit alone must not refill every client's bucket), else new buckets."""
+    if current is not None and (current.rate, current.burst) == (
+        rate,
+        effective_burst(rate, burst),
+    ):
+        return current
+    return ClientBuckets(rate, burst)
+
+
 class TokenBucket:
     __slots__ = ("stamp", "tokens")
 
@@ -34,9 +51,7 @@ class ClientBuckets:
         if not math.isfinite(rate) or rate <= 0:
             raise ValueError("rate must be a positive number")
         self.rate = rate
-        # Default burst: twice the rate, at least one (a client doing its
-        # steady rate with a little jitter is never refused).
-        self.burst = float(burst if burst is not None else max(1, math.ceil(rate * 2)))
+        self.burst = effective_burst(rate, burst)
         self._max = max_clients
         self._buckets: dict[str, TokenBucket] = {}
 
