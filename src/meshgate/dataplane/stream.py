@@ -47,6 +47,7 @@ from typing import Any, TypeVar, cast
 
 from meshgate import settings
 from meshgate.dataplane.admission import (
+    CLIENT_GONE,
     FD_EXHAUSTED,
     NO_CAP,
     Slots,
@@ -206,7 +207,7 @@ class StreamListener(Listener):
                 # closed here, before any upstream work, so the queue drains
                 # at once and the next live client is not kept waiting.
                 conn.close()
-                self.ctx.metrics.connection_refused(self.spec.name, "client_gone")
+                self.refuse(CLIENT_GONE)
                 continue
             self._adopt(conn)
 
