@@ -236,7 +236,7 @@ class HttpServer(asyncio.Protocol):
                 self.uncork()
         if self._awaiting_body():
             # Moved on every read: the body may pause, never for body_timeout.
-            self._arm(self.routes.limits.body_timeout, self._body_timeout)
+            self._arm_body()
 
     def _take(self, events: list[RequestEvent]) -> None:
         self.pending.extend(events)
@@ -314,16 +314,15 @@ class HttpServer(asyncio.Protocol):
         if not keep_alive or self.client_eof or self.listener.state.value != "serving":
             self.close_lingering() if not exchange.request_done else self.close()
             return
-        limits = self.routes.limits
         self._idle = True
         if not exchange.request_done:
             self.skip_body = True  # the rest of the body is read and dropped
-            self._arm(limits.body_timeout, self._body_timeout)
+            self._arm_body()
         else:
-            self._arm(limits.keepalive_timeout, self._keepalive_timeout)
+            self._arm(self.routes.limits.keepalive_timeout, self._keepalive_timeout)
         self._pump()
         if self._awaiting_body():  # a pipelined request started, its body to come
-            self._arm(limits.body_timeout, self._body_timeout)
+            self._arm_body()
 
     def write(self, data: bytes) -> None:
         if self._cork is not None:
@@ -412,7 +411,11 @@ class HttpServer(asyncio.Protocol):
     def body_expected(self) -> None:
         """The exchange told the client to send its body (100 Continue)."""
         if self._awaiting_body():
-            self._arm(self.routes.limits.body_timeout, self._body_timeout)
+            self._arm_body()
+
+    def _arm_body(self) -> None:
+        """The client owes request body bytes from now: body_timeout to send some."""
+        self._arm(self.routes.limits.body_timeout, self._body_timeout)
 
     def _body_timeout(self) -> None:
         """No request body byte for body_timeout (a slow-body attack, a stalled upload)."""
@@ -515,7 +518,7 @@ class HttpServer(asyncio.Protocol):
             if not self.closed:
                 self.transport.resume_reading()
                 if self._awaiting_body():  # the client owes bytes again from now
-                    self._arm(self.routes.limits.body_timeout, self._body_timeout)
+                    self._arm_body()
 
     def pause_writing(self) -> None:
         """The client's transport holds buffer_limit bytes: stop producing more."""
